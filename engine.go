@@ -1,0 +1,913 @@
+package scaleout
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kataras/neffos"
+)
+
+// Exchange is the engine behind every exchange of this module: it does the
+// neffos side once, for any Broker.
+//
+// Per node it holds one broker subscription per namespace (taken in Init),
+// one per node channel (Ask replies) and one per distinct connected client
+// id (messages with To, Asks with To), all on the broker's shared
+// connections. A broadcast is published once and read once per node, decoded
+// once, then queued to each local connection that is in its namespace (and
+// room). The publishing node serves its own clients directly and ignores its
+// echo from the broker.
+//
+// # Concurrency
+//
+// All methods are safe for concurrent use. Every local connection has a
+// bounded queue (Options.QueueSize) drained by a goroutine that exists only
+// while the queue is not empty; a connection that stops reading loses the
+// messages that do not fit in its queue, and no other connection waits for
+// it. Receiving from the broker never blocks on a websocket write.
+//
+// # Delivery
+//
+// While the broker is healthy every message reaches every matching client
+// exactly once. Across a broker outage delivery is at most once: messages
+// published while a node cannot reach the broker are delivered to that
+// node's own clients only, and Publish returns false.
+type Exchange struct {
+	b     Broker
+	opts  Options
+	names names
+	node  string // this node's id: 16 hex digits
+
+	startOnce sync.Once
+	startErr  error
+	inited    atomic.Bool
+
+	mu     sync.RWMutex // guards conns, byID, byPtr, closed
+	conns  map[*neffos.Conn]*peer
+	byID   map[string][]*peer
+	byPtr  map[string]*peer
+	closed bool
+
+	subMu   sync.Mutex
+	subs    map[string]*subState
+	subLock [64]sync.Mutex // serializes broker calls per channel
+	seed    maphash.Seed
+	unsubMu sync.Mutex
+	unsubQ  []string
+	unsubCh chan struct{}
+
+	askMu  sync.Mutex
+	asks   map[uint64]chan neffos.Message
+	askSeq atomic.Uint64
+
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	bg        sync.WaitGroup // long-lived goroutines
+	drains    sync.WaitGroup // per-connection queue drainers
+
+	published, publishErrors, received, delivered, dropped, decodeErrors atomic.Uint64
+}
+
+type subState struct {
+	refs int
+}
+
+// peer is a local websocket connection and its outbound queue.
+type peer struct {
+	c  *neffos.Conn
+	id string
+
+	mu       sync.Mutex
+	queue    []*neffos.Message
+	running  bool
+	dropping bool
+	lazyNS   map[string]struct{} // namespaces subscribed for this conn when Init was not called
+}
+
+const sweepInterval = time.Second
+
+// New returns an engine on top of b. It starts b and subscribes lazily, on
+// the first call neffos makes (Init, OnConnect, Publish or Ask), so adapters
+// can still change Options.Prefix until then. The engine owns b: Close
+// closes it.
+func New(b Broker, opts Options) *Exchange {
+	if opts.Prefix == "" {
+		opts.Prefix = "neffos"
+	}
+	if opts.PublishTimeout <= 0 {
+		opts.PublishTimeout = 2 * time.Second
+	}
+	if opts.SubscribeTimeout <= 0 {
+		opts.SubscribeTimeout = 2 * time.Second
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 1024
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	return &Exchange{
+		b:       b,
+		opts:    opts,
+		names:   names{prefix: prefixName(opts.Prefix)},
+		node:    hex.EncodeToString(id[:]),
+		conns:   make(map[*neffos.Conn]*peer),
+		byID:    make(map[string][]*peer),
+		byPtr:   make(map[string]*peer),
+		subs:    make(map[string]*subState),
+		seed:    maphash.MakeSeed(),
+		unsubCh: make(chan struct{}, 1),
+		asks:    make(map[uint64]chan neffos.Message),
+		done:    make(chan struct{}),
+	}
+}
+
+// SetPrefix changes Options.Prefix. It fails once the engine started (after
+// neffos's first call into it).
+func (e *Exchange) SetPrefix(prefix string) error {
+	started := true
+	e.startOnce.Do(func() { started = false })
+	if started {
+		return fmt.Errorf("scaleout: SetPrefix after start")
+	}
+	// startOnce is spent: start for real now with the new prefix.
+	if prefix == "" {
+		prefix = "neffos"
+	}
+	e.opts.Prefix = prefix
+	e.names = names{prefix: prefixName(prefix)}
+	e.startErr = e.doStart()
+	return e.startErr
+}
+
+// NodeID returns this node's id, as carried in envelopes (16 hex digits).
+func (e *Exchange) NodeID() string { return e.node }
+
+func (e *Exchange) start() error {
+	e.startOnce.Do(func() { e.startErr = e.doStart() })
+	return e.startErr
+}
+
+func (e *Exchange) doStart() error {
+	if err := e.b.Start(e.deliver, e.report); err != nil {
+		return err
+	}
+	e.bg.Add(2)
+	go e.unsubscriber()
+	go e.sweeper()
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
+	defer cancel()
+	e.acquire(ctx, e.names.node(e.node))
+	return nil
+}
+
+// Init subscribes the channel of every namespace neffos declares, once for
+// this node. neffos calls it from Server.UseStackExchange. Subscribing here,
+// not on a client's namespace connect, means a broadcast sent the moment a
+// client's Connect returns reaches it.
+func (e *Exchange) Init(namespaces neffos.Namespaces) error {
+	if err := e.start(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
+	defer cancel()
+	var firstErr error
+	for ns := range namespaces {
+		if err := e.acquire(ctx, e.names.namespace(ns)); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	e.inited.Store(true)
+	// A broker that failed to confirm still resubscribes on reconnect; the
+	// node can serve its local clients meanwhile, so this is not fatal.
+	_ = firstErr
+	return nil
+}
+
+// OnConnect registers c as a local connection and subscribes its id's
+// channel (one broker subscription per distinct id, on the shared broker
+// connection), so messages with To and Asks for it reach this node. Called
+// by neffos before the server's OnConnect. It waits at most
+// Options.SubscribeTimeout for the broker, and never fails the connection
+// because of the broker: during an outage the client is served locally.
+func (e *Exchange) OnConnect(c *neffos.Conn) error {
+	if err := e.start(); err != nil {
+		return err
+	}
+	p := &peer{c: c, id: c.ID()}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	if _, dup := e.conns[c]; dup {
+		e.mu.Unlock()
+		return nil
+	}
+	e.conns[c] = p
+	e.byID[p.id] = append(e.byID[p.id], p)
+	e.byPtr[fmt.Sprintf("%p", c)] = p
+	e.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
+	defer cancel()
+	e.acquire(ctx, e.names.conn(p.id))
+	return nil
+}
+
+// OnDisconnect releases everything the exchange holds for c. It never blocks
+// on the broker: unsubscribing happens in the background.
+func (e *Exchange) OnDisconnect(c *neffos.Conn) {
+	e.mu.Lock()
+	p := e.removeLocked(c)
+	e.mu.Unlock()
+	if p == nil {
+		return
+	}
+	e.release(e.names.conn(p.id))
+	p.mu.Lock()
+	lazy := p.lazyNS
+	p.lazyNS = nil
+	p.queue = nil
+	p.mu.Unlock()
+	for ns := range lazy {
+		e.release(e.names.namespace(ns))
+	}
+}
+
+func (e *Exchange) removeLocked(c *neffos.Conn) *peer {
+	p := e.conns[c]
+	if p == nil {
+		return nil
+	}
+	delete(e.conns, c)
+	delete(e.byPtr, fmt.Sprintf("%p", c))
+	list := e.byID[p.id]
+	for i, q := range list {
+		if q == p {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(e.byID, p.id)
+	} else {
+		e.byID[p.id] = list
+	}
+	return p
+}
+
+// Subscribe is called by neffos after a client connected to namespace. When
+// Init ran (Server.UseStackExchange), the namespace channel is already
+// subscribed and this does nothing. Otherwise it subscribes the namespace
+// channel for this node, reference-counted.
+func (e *Exchange) Subscribe(c *neffos.Conn, namespace string) {
+	if e.inited.Load() || e.start() != nil {
+		return
+	}
+	e.mu.RLock()
+	p := e.conns[c]
+	e.mu.RUnlock()
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	if _, ok := p.lazyNS[namespace]; ok {
+		p.mu.Unlock()
+		return
+	}
+	if p.lazyNS == nil {
+		p.lazyNS = make(map[string]struct{})
+	}
+	p.lazyNS[namespace] = struct{}{}
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
+	defer cancel()
+	e.acquire(ctx, e.names.namespace(namespace))
+}
+
+// Unsubscribe is called by neffos after a client left namespace; it undoes
+// Subscribe.
+func (e *Exchange) Unsubscribe(c *neffos.Conn, namespace string) {
+	e.mu.RLock()
+	p := e.conns[c]
+	e.mu.RUnlock()
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	_, ok := p.lazyNS[namespace]
+	delete(p.lazyNS, namespace)
+	p.mu.Unlock()
+	if ok {
+		e.release(e.names.namespace(namespace))
+	}
+}
+
+// Publish delivers msgs to this node's matching clients at once and
+// publishes each message to the broker once (one PUBLISH per message,
+// whatever the number of clients). It returns false when a publish failed;
+// the cause goes to Options.ErrorHandler wrapped in ErrPublish. Each publish
+// is bounded by Options.PublishTimeout.
+func (e *Exchange) Publish(msgs []neffos.Message) bool {
+	if e.start() != nil {
+		return false
+	}
+	ok := true
+	for i := range msgs {
+		if !e.publishOne(&msgs[i]) {
+			ok = false
+		}
+	}
+	return ok
+}
+
+func (e *Exchange) publishOne(m *neffos.Message) bool {
+	env := envelope{kind: kindBroadcast, origin: e.node}
+	fillEnvelope(&env, m)
+	exclConn, exclID := e.excluded(m)
+	env.exclude = exclID
+
+	local := messageOf(&env)
+	e.fanout(local, env.to, exclConn, fromOf(m))
+
+	channel := e.names.namespace(env.namespace)
+	if env.to != "" {
+		channel = e.names.conn(env.to)
+	}
+	_, err := e.publish(channel, &env)
+	return err == nil
+}
+
+func (e *Exchange) publish(channel string, env *envelope) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
+	defer cancel()
+	n, err := e.b.Publish(ctx, channel, encodeEnvelope(env))
+	if err != nil {
+		e.publishErrors.Add(1)
+		err = fmt.Errorf("%w: %s: %w", ErrPublish, channel, err)
+		e.report(err)
+		return 0, err
+	}
+	e.published.Add(1)
+	return n, nil
+}
+
+// excluded resolves who a broadcast must skip: the exact local connection
+// (Broadcast(conn) / Broadcast(nsConn), carried by neffos in FromExplicit)
+// and the connection id that other nodes must skip.
+func (e *Exchange) excluded(m *neffos.Message) (*neffos.Conn, string) {
+	if from := fromOf(m); from != "" {
+		return nil, from
+	}
+	if m.FromExplicit == "" {
+		return nil, ""
+	}
+	// FromExplicit is "neffos(0x<server>(<id><%p of conn>))".
+	s := strings.TrimSuffix(m.FromExplicit, "))")
+	if i := strings.LastIndex(s, "0x"); i >= 0 {
+		e.mu.RLock()
+		p := e.byPtr[s[i:]]
+		e.mu.RUnlock()
+		if p != nil && p.c.Is(m.FromExplicit) {
+			return p.c, p.id
+		}
+	}
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	for c, p := range e.conns {
+		if c.Is(m.FromExplicit) {
+			return c, p.id
+		}
+	}
+	return nil, ""
+}
+
+// fanout queues m to every local connection that should get it. It never
+// blocks on a connection. It returns how many connections it queued to.
+func (e *Exchange) fanout(m *neffos.Message, to string, exclConn *neffos.Conn, exclID string) int {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed {
+		return 0
+	}
+	n := 0
+	if to != "" {
+		for _, p := range e.byID[to] {
+			if p.c != exclConn && wants(p.c, m) && e.push(p, m) {
+				n++
+			}
+		}
+		return n
+	}
+	for c, p := range e.conns {
+		if c == exclConn || (exclID != "" && p.id == exclID) || !wants(c, m) {
+			continue
+		}
+		if e.push(p, m) {
+			n++
+		}
+	}
+	return n
+}
+
+// wants reports whether c is connected to m's namespace and, when m has a
+// room, joined to it. neffos checks the same again when writing.
+func wants(c *neffos.Conn, m *neffos.Message) bool {
+	ns := c.Namespace(m.Namespace)
+	if ns == nil {
+		return false
+	}
+	return m.Room == "" || ns.Room(m.Room) != nil
+}
+
+// push queues m for p. Called with e.mu read-locked, so Close cannot start
+// waiting for drains while a drain is being added.
+func (e *Exchange) push(p *peer, m *neffos.Message) bool {
+	p.mu.Lock()
+	if len(p.queue) >= e.opts.QueueSize {
+		first := !p.dropping
+		p.dropping = true
+		p.mu.Unlock()
+		e.dropped.Add(1)
+		if first {
+			e.report(fmt.Errorf("%w: connection %q", ErrSlowConsumer, p.id))
+		}
+		return false
+	}
+	p.queue = append(p.queue, m)
+	if !p.running {
+		p.running = true
+		e.drains.Add(1)
+		go e.drain(p)
+	}
+	p.mu.Unlock()
+	return true
+}
+
+func (e *Exchange) drain(p *peer) {
+	defer e.drains.Done()
+	var batch []*neffos.Message
+	for {
+		p.mu.Lock()
+		if len(p.queue) == 0 {
+			p.running = false
+			p.dropping = false
+			p.mu.Unlock()
+			return
+		}
+		batch, p.queue = p.queue, batch[:0]
+		p.mu.Unlock()
+		for i, m := range batch {
+			select {
+			case <-e.done:
+				return
+			default:
+			}
+			if p.c.Write(*m) {
+				e.delivered.Add(1)
+			}
+			batch[i] = nil
+		}
+	}
+}
+
+// deliver is the broker's receive callback: decode once, then fan out.
+func (e *Exchange) deliver(channel string, payload []byte) {
+	e.received.Add(1)
+	env, err := decodeEnvelope(payload)
+	if err != nil {
+		e.decodeErrors.Add(1)
+		e.report(fmt.Errorf("channel %s: %w", channel, err))
+		return
+	}
+	if env.origin == e.node {
+		return // own echo: local clients were served directly.
+	}
+	switch env.kind {
+	case kindBroadcast:
+		e.fanout(messageOf(&env), env.to, nil, env.exclude)
+	case kindAsk:
+		q := questionOf(&env, askToken(env.origin, env.id))
+		e.fanout(q, env.to, nil, env.exclude)
+	case kindReply:
+		e.complete(env.id, *messageOf(&env))
+	}
+}
+
+// Ask sends msg to its To client, or to every client of msg.Namespace when
+// To is empty, on whichever node holds them, and returns the first reply.
+// neffos's token is not used: the question carries a token of this
+// exchange's (node id + ask id), and the reply comes back on this node's own
+// channel, on the broker connection the node already has. When To is a
+// client no node holds, Ask returns ErrConnNotFound at once (for brokers
+// that count receivers). The wait is bounded by ctx.
+func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffos.Message, error) {
+	if err := e.start(); err != nil {
+		return neffos.Message{}, err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	id := e.askSeq.Add(1)
+	ch := make(chan neffos.Message, 1)
+	e.askMu.Lock()
+	if e.asks == nil {
+		e.askMu.Unlock()
+		return neffos.Message{}, ErrClosed
+	}
+	e.asks[id] = ch
+	e.askMu.Unlock()
+	defer func() {
+		e.askMu.Lock()
+		if e.asks != nil {
+			delete(e.asks, id)
+		}
+		e.askMu.Unlock()
+	}()
+
+	env := envelope{kind: kindAsk, origin: e.node, id: id}
+	fillEnvelope(&env, &msg)
+	_, env.exclude = e.excluded(&msg)
+	local := e.fanout(questionOf(&env, askToken(e.node, id)), env.to, nil, env.exclude)
+	if env.to == "" || local == 0 {
+		channel := e.names.namespace(env.namespace)
+		if env.to != "" {
+			channel = e.names.conn(env.to)
+		}
+		n, err := e.publish(channel, &env)
+		if err != nil && local == 0 {
+			return neffos.Message{}, err
+		}
+		if err == nil && env.to != "" && n == 0 {
+			return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
+		}
+	}
+
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return neffos.Message{}, ErrClosed
+		}
+		return r, r.Err
+	case <-ctx.Done():
+		return neffos.Message{}, ctx.Err()
+	case <-e.done:
+		return neffos.Message{}, ErrClosed
+	}
+}
+
+// NotifyAsk is called by neffos with a client's reply to a question this
+// module delivered. The reply goes to the asking node's channel, or straight
+// to the waiting Ask when that node is this one. It returns ErrUnknownToken
+// for tokens this module did not issue.
+func (e *Exchange) NotifyAsk(msg neffos.Message, token string) error {
+	node, id, ok := parseAskToken(token)
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownToken, token)
+	}
+	env := envelope{kind: kindReply, origin: e.node, id: id}
+	fillEnvelope(&env, &msg)
+	env.to = ""
+	if node == e.node {
+		e.complete(id, *messageOf(&env))
+		return nil
+	}
+	if err := e.start(); err != nil {
+		return err
+	}
+	_, err := e.publish(e.names.node(node), &env)
+	return err
+}
+
+func (e *Exchange) complete(id uint64, reply neffos.Message) {
+	e.askMu.Lock()
+	ch := e.asks[id]
+	e.askMu.Unlock()
+	if ch == nil {
+		return // answered already (first reply wins), timed out, or not ours.
+	}
+	select {
+	case ch <- reply:
+	default:
+	}
+}
+
+// Stats returns the exchange's counters.
+func (e *Exchange) Stats() Stats {
+	s := Stats{
+		Published:     e.published.Load(),
+		PublishErrors: e.publishErrors.Load(),
+		Received:      e.received.Load(),
+		Delivered:     e.delivered.Load(),
+		Dropped:       e.dropped.Load(),
+		DecodeErrors:  e.decodeErrors.Load(),
+	}
+	e.mu.RLock()
+	s.Conns = len(e.conns)
+	e.mu.RUnlock()
+	e.subMu.Lock()
+	s.Subscriptions = len(e.subs)
+	e.subMu.Unlock()
+	e.askMu.Lock()
+	s.PendingAsks = len(e.asks)
+	e.askMu.Unlock()
+	return s
+}
+
+// BrokerConns implements Inspector.
+func (e *Exchange) BrokerConns(ctx context.Context) (int, error) {
+	bi, ok := e.b.(BrokerInspector)
+	if !ok {
+		return 0, fmt.Errorf("scaleout: broker connection count: %w", errors.ErrUnsupported)
+	}
+	return bi.Conns(ctx)
+}
+
+// NamespaceSubscribers implements Inspector.
+func (e *Exchange) NamespaceSubscribers(ctx context.Context, namespace string) (int, error) {
+	bi, ok := e.b.(BrokerInspector)
+	if !ok {
+		return 0, fmt.Errorf("scaleout: subscriber count: %w", errors.ErrUnsupported)
+	}
+	return bi.Subscribers(ctx, e.names.namespace(namespace))
+}
+
+// ChannelOf returns the broker channel of a namespace, for tools that look
+// at the broker directly.
+func (e *Exchange) ChannelOf(namespace string) string { return e.names.namespace(namespace) }
+
+// Close stops the engine's goroutines, fails pending Asks with ErrClosed and
+// closes the broker. Messages still queued for clients are discarded. It is
+// idempotent; later calls return the first call's result.
+func (e *Exchange) Close() error {
+	e.closeOnce.Do(func() {
+		e.mu.Lock()
+		e.closed = true
+		e.conns = map[*neffos.Conn]*peer{}
+		e.byID = map[string][]*peer{}
+		e.byPtr = map[string]*peer{}
+		e.mu.Unlock()
+		close(e.done)
+
+		e.askMu.Lock()
+		e.asks = nil
+		e.askMu.Unlock()
+
+		started := true
+		e.startOnce.Do(func() { started = false; e.startErr = ErrClosed })
+		if started && e.startErr == nil {
+			e.bg.Wait()
+		}
+		e.closeErr = e.b.Close()
+		waitTimeout(&e.drains, e.opts.PublishTimeout)
+	})
+	return e.closeErr
+}
+
+// waitTimeout waits for wg at most d. A drain blocked in a socket write to a
+// client that stopped reading returns when neffos closes that connection.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	ch := make(chan struct{})
+	go func() { wg.Wait(); close(ch) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+}
+
+func (e *Exchange) report(err error) {
+	if e.opts.ErrorHandler != nil {
+		e.opts.ErrorHandler(err)
+	}
+	if e.opts.Logger != nil {
+		e.opts.Logger.Warn("scaleout", "node", e.node, "err", err)
+	}
+}
+
+// acquire takes a reference on channel, subscribing it on the first one.
+func (e *Exchange) acquire(ctx context.Context, channel string) error {
+	l := &e.subLock[maphash.String(e.seed, channel)%uint64(len(e.subLock))]
+	l.Lock()
+	defer l.Unlock()
+	e.subMu.Lock()
+	s := e.subs[channel]
+	if s == nil {
+		s = &subState{}
+		e.subs[channel] = s
+	}
+	s.refs++
+	first := s.refs == 1
+	e.subMu.Unlock()
+	if !first {
+		return nil
+	}
+	if err := e.b.Subscribe(ctx, channel); err != nil {
+		err = fmt.Errorf("%w: %s: %w", ErrSubscribe, channel, err)
+		e.report(err)
+		return err
+	}
+	return nil
+}
+
+// release drops a reference on channel; the last one unsubscribes it in
+// the background.
+func (e *Exchange) release(channel string) {
+	e.subMu.Lock()
+	s := e.subs[channel]
+	if s == nil {
+		e.subMu.Unlock()
+		return
+	}
+	s.refs--
+	last := s.refs <= 0
+	e.subMu.Unlock()
+	if !last {
+		return
+	}
+	e.unsubMu.Lock()
+	e.unsubQ = append(e.unsubQ, channel)
+	e.unsubMu.Unlock()
+	select {
+	case e.unsubCh <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Exchange) unsubscriber() {
+	defer e.bg.Done()
+	for {
+		select {
+		case <-e.done:
+			return
+		case <-e.unsubCh:
+		}
+		e.unsubMu.Lock()
+		q := e.unsubQ
+		e.unsubQ = nil
+		e.unsubMu.Unlock()
+		for _, channel := range q {
+			e.unsubscribe(channel)
+		}
+	}
+}
+
+func (e *Exchange) unsubscribe(channel string) {
+	l := &e.subLock[maphash.String(e.seed, channel)%uint64(len(e.subLock))]
+	l.Lock()
+	defer l.Unlock()
+	e.subMu.Lock()
+	s := e.subs[channel]
+	gone := s != nil && s.refs <= 0
+	if gone {
+		delete(e.subs, channel)
+	}
+	e.subMu.Unlock()
+	if !gone {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
+	defer cancel()
+	if err := e.b.Unsubscribe(ctx, channel); err != nil {
+		e.report(fmt.Errorf("%w: unsubscribe %s: %w", ErrSubscribe, channel, err))
+	}
+}
+
+// sweeper releases connections that closed without neffos calling
+// OnDisconnect (v0.0.24 skips it for a connection refused by the server's
+// OnConnect when the server has an OnDisconnect callback).
+func (e *Exchange) sweeper() {
+	defer e.bg.Done()
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.done:
+			return
+		case <-t.C:
+		}
+		var gone []*neffos.Conn
+		e.mu.RLock()
+		for c := range e.conns {
+			if c.IsClosed() {
+				gone = append(gone, c)
+			}
+		}
+		e.mu.RUnlock()
+		for _, c := range gone {
+			e.OnDisconnect(c)
+		}
+	}
+}
+
+// fillEnvelope copies the exported fields of m that cross nodes.
+func fillEnvelope(env *envelope, m *neffos.Message) {
+	env.namespace, env.room, env.event, env.to, env.body = m.Namespace, m.Room, m.Event, m.To, m.Body
+	if m.SetBinary {
+		env.flags |= flagBinary
+	}
+	if m.IsNative {
+		env.flags |= flagNative
+	}
+	if m.Err != nil {
+		if text, isErr := errorText(m.Err); isErr {
+			env.flags |= flagError
+			env.errText = text
+		} else {
+			env.body = []byte(text) // neffos.Reply(body): travels as the body.
+		}
+	}
+}
+
+// errorText returns what neffos would write for err: the error's text, or
+// the body of a neffos.Reply (isErr false).
+func errorText(err error) (string, bool) {
+	frame := neffos.Message{Event: "x", Err: err}.Serialize()
+	// wait;ns;room;event;isError;isNoOp;body
+	parts := strings.SplitN(string(frame), ";", 7)
+	if len(parts) != 7 {
+		return err.Error(), true
+	}
+	return parts[6], parts[4] == "1"
+}
+
+var knownErrors = []error{neffos.ErrBadNamespace, neffos.ErrBadRoom, neffos.ErrWrite, neffos.ErrInvalidPayload}
+
+// messageOf builds the neffos message an envelope stands for.
+func messageOf(env *envelope) *neffos.Message {
+	m := &neffos.Message{
+		Namespace: env.namespace,
+		Room:      env.room,
+		Event:     env.event,
+		Body:      env.body,
+		To:        env.to,
+		SetBinary: env.flags&flagBinary != 0,
+		IsNative:  env.flags&flagNative != 0,
+	}
+	if env.flags&flagError != 0 {
+		m.Err = errors.New(env.errText)
+		for _, k := range knownErrors {
+			if k.Error() == env.errText {
+				m.Err = k
+			}
+		}
+	}
+	return m
+}
+
+// Ask tokens. neffos keeps a server Ask's wait token in an unexported field
+// and strips one '!' marker from its second byte at each of up to three
+// places on the way (the node deserializing the question, a v0.0.24 client,
+// the node deserializing the reply); the reply reaches NotifyAsk only if one
+// marker is left. The question therefore carries three markers, and the
+// token names the asking node and its ask id: "S!!!<node>-<id base36>".
+// neffos's own tokens never start with 'S'.
+
+const askMarkers = "!!!"
+
+func askToken(node string, id uint64) string {
+	return "S" + askMarkers + node + "-" + strconv.FormatUint(id, 36)
+}
+
+func parseAskToken(token string) (node string, id uint64, ok bool) {
+	if len(token) < 2 || token[0] != 'S' {
+		return "", 0, false
+	}
+	rest := strings.TrimLeft(token[1:], "!")
+	node, ids, found := strings.Cut(rest, "-")
+	if !found || len(node) != 16 {
+		return "", 0, false
+	}
+	if _, err := hex.DecodeString(node); err != nil {
+		return "", 0, false
+	}
+	id, err := strconv.ParseUint(ids, 36, 64)
+	if err != nil {
+		return "", 0, false
+	}
+	return node, id, true
+}
+
+// questionOf builds the message a client receives for an Ask: env's fields
+// with the wait token set. The token is set through neffos's own
+// deserializer (the field is unexported), from a frame that carries only the
+// token; the other fields are assigned directly, so no escaping is involved.
+func questionOf(env *envelope, token string) *neffos.Message {
+	m := neffos.DeserializeMessage(neffos.TextMessage, []byte(token+";;;;0;0;"), false, false)
+	q := messageOf(env)
+	m.Namespace, m.Room, m.Event, m.Body, m.Err, m.SetBinary = q.Namespace, q.Room, q.Event, q.Body, q.Err, q.SetBinary
+	m.To = q.To
+	m.FromStackExchange = true
+	return &m
+}

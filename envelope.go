@@ -1,0 +1,161 @@
+package scaleout
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// The wire format between nodes, version 1. One envelope is one broker
+// payload:
+//
+//	offset  size  field
+//	0       2     magic "SO"
+//	2       1     version (1)
+//	3       1     kind: 1 broadcast, 2 ask, 3 reply
+//	4       1     flags: 1 binary, 2 native, 4 error
+//	5       -     origin node id     (uvarint length + bytes)
+//	        -     id                 (uvarint): ask id for ask and reply
+//	        -     namespace          (uvarint length + bytes)
+//	        -     room               (uvarint length + bytes)
+//	        -     event              (uvarint length + bytes)
+//	        -     to                 (uvarint length + bytes)
+//	        -     excluded conn id   (uvarint length + bytes)
+//	        -     error text         (uvarint length + bytes)
+//	        -     body               (the rest of the payload, any bytes)
+//
+// Strings are raw bytes: ';', unicode and control characters travel as they
+// are. decodeEnvelope is the only decoder; it never panics and rejects
+// anything else with an error wrapping ErrMalformed.
+
+const (
+	envelopeVersion = 1
+
+	kindBroadcast = 1
+	kindAsk       = 2
+	kindReply     = 3
+
+	flagBinary = 1 << 0
+	flagNative = 1 << 1
+	flagError  = 1 << 2
+
+	maxEnvelopeString = 1 << 20 // per string field
+)
+
+var envelopeMagic = [2]byte{'S', 'O'}
+
+type envelope struct {
+	kind      byte
+	flags     byte
+	origin    string
+	id        uint64
+	namespace string
+	room      string
+	event     string
+	to        string
+	exclude   string
+	errText   string
+	body      []byte
+}
+
+// appendEnvelope appends the encoding of e to dst.
+func appendEnvelope(dst []byte, e *envelope) []byte {
+	dst = append(dst, envelopeMagic[0], envelopeMagic[1], envelopeVersion, e.kind, e.flags)
+	dst = appendString(dst, e.origin)
+	dst = binary.AppendUvarint(dst, e.id)
+	dst = appendString(dst, e.namespace)
+	dst = appendString(dst, e.room)
+	dst = appendString(dst, e.event)
+	dst = appendString(dst, e.to)
+	dst = appendString(dst, e.exclude)
+	dst = appendString(dst, e.errText)
+	return append(dst, e.body...)
+}
+
+func (e *envelope) size() int {
+	n := 5 + binary.MaxVarintLen64 + len(e.body)
+	for _, s := range [...]string{e.origin, e.namespace, e.room, e.event, e.to, e.exclude, e.errText} {
+		n += binary.MaxVarintLen64 + len(s)
+	}
+	return n
+}
+
+func encodeEnvelope(e *envelope) []byte {
+	return appendEnvelope(make([]byte, 0, e.size()), e)
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// decodeEnvelope parses b. The returned envelope does not alias b.
+func decodeEnvelope(b []byte) (envelope, error) {
+	var e envelope
+	if len(b) < 5 {
+		return e, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
+	}
+	if b[0] != envelopeMagic[0] || b[1] != envelopeMagic[1] {
+		return e, fmt.Errorf("%w: bad magic", ErrMalformed)
+	}
+	if b[2] != envelopeVersion {
+		return e, fmt.Errorf("%w: unsupported version %d", ErrMalformed, b[2])
+	}
+	e.kind, e.flags = b[3], b[4]
+	if e.kind < kindBroadcast || e.kind > kindReply {
+		return e, fmt.Errorf("%w: unknown kind %d", ErrMalformed, e.kind)
+	}
+	if e.flags&^(flagBinary|flagNative|flagError) != 0 {
+		return e, fmt.Errorf("%w: unknown flags %#x", ErrMalformed, e.flags)
+	}
+	r := reader{b: b[5:]}
+	e.origin = r.string()
+	e.id = r.uvarint()
+	e.namespace = r.string()
+	e.room = r.string()
+	e.event = r.string()
+	e.to = r.string()
+	e.exclude = r.string()
+	e.errText = r.string()
+	if r.err != "" {
+		return envelope{}, fmt.Errorf("%w: %s", ErrMalformed, r.err)
+	}
+	if e.origin == "" {
+		return envelope{}, fmt.Errorf("%w: no origin", ErrMalformed)
+	}
+	if len(r.b) > 0 {
+		e.body = append([]byte(nil), r.b...)
+	}
+	return e, nil
+}
+
+type reader struct {
+	b   []byte
+	err string
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != "" {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = "bad varint"
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) string() string {
+	n := r.uvarint()
+	if r.err != "" {
+		return ""
+	}
+	if n > maxEnvelopeString || n > uint64(len(r.b)) {
+		r.err = "string length out of range"
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}

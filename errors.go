@@ -1,0 +1,37 @@
+package scaleout
+
+import "errors"
+
+// Sentinel errors. Every error this module returns or reports wraps one of
+// them, so callers test with errors.Is.
+var (
+	// ErrClosed is returned by calls on an Exchange after Close.
+	ErrClosed = errors.New("scaleout: closed")
+	// ErrPublish wraps a broker failure to publish (timeout, connection
+	// refused, broker down). neffos's Publish can only return false; the
+	// cause reaches Options.ErrorHandler wrapped in ErrPublish.
+	ErrPublish = errors.New("scaleout: publish failed")
+	// ErrSubscribe wraps a broker failure to subscribe or unsubscribe a
+	// channel. The broker keeps the channel and subscribes it again when its
+	// connection comes back.
+	ErrSubscribe = errors.New("scaleout: subscribe failed")
+	// ErrConnNotFound is returned by Ask when Message.To names a connection
+	// that no node holds, as far as the broker can tell. Ask returns it at
+	// once instead of waiting for the context's deadline.
+	ErrConnNotFound = errors.New("scaleout: connection not found on any node")
+	// ErrMalformed wraps a payload read from the broker that is not a valid
+	// envelope (garbage, truncated, wrong version). Such payloads are
+	// dropped and counted in Stats.DecodeErrors.
+	ErrMalformed = errors.New("scaleout: malformed envelope")
+	// ErrUnknownToken is returned by NotifyAsk for a reply whose wait token
+	// was not issued by this module, so that neffos can offer it to another
+	// exchange registered on the same server.
+	ErrUnknownToken = errors.New("scaleout: unknown ask token")
+	// ErrSlowConsumer is reported when a connection's outbound queue is full
+	// and a message for it is dropped. It is reported once per episode: the
+	// next report for the same connection comes after its queue drained.
+	ErrSlowConsumer = errors.New("scaleout: connection queue full, message dropped")
+	// ErrBrokerUnavailable wraps the failure to reach a broker when an
+	// exchange is constructed.
+	ErrBrokerUnavailable = errors.New("scaleout: broker unavailable")
+)

@@ -1,0 +1,14 @@
+module github.com/neffos-contrib/scaleout
+
+go 1.26.8
+
+require (
+	github.com/go-redis/redis/v8 v8.11.5
+	github.com/kataras/neffos v0.0.24
+)
+
+require (
+	github.com/cespare/xxhash/v2 v2.1.2 // indirect
+	github.com/dgryski/go-rendezvous v0.0.0-20200823014737-9f7001d12a5f // indirect
+	github.com/google/uuid v1.6.0 // indirect
+)

@@ -1,0 +1,132 @@
+package scaleout
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/kataras/neffos"
+)
+
+// StackExchange is what every exchange of this module implements: neffos's
+// StackExchange and StackExchangeInitializer, plus Close (neffos v0.0.25
+// calls it as StackExchangeCloser on Server.Close) and Stats.
+//
+// Register one with server.UseStackExchange(exc) right after neffos.New.
+type StackExchange interface {
+	neffos.StackExchange
+	neffos.StackExchangeInitializer
+
+	// Close stops every goroutine the exchange started and closes the broker
+	// connections it opened. It is idempotent.
+	Close() error
+	// Stats returns the exchange's counters. It is cheap: a few atomic loads.
+	Stats() Stats
+}
+
+// Broker is the small contract a backend adapter implements for the engine
+// (see New). The engine owns every decision about what to publish and
+// subscribe; a Broker only moves opaque payloads on named channels.
+//
+// Channel names built by the engine use only the bytes [A-Za-z0-9._~-], have
+// no empty '.'-separated token and no wildcard, so they are valid Redis
+// channels and NATS subjects as they are.
+//
+// Methods other than Start may be called concurrently.
+type Broker interface {
+	// Start is called once, before any other method. The broker calls
+	// deliver for every message received on a subscribed channel, from its
+	// receive loop; deliver never blocks on a websocket client (it does
+	// bounded, local work), and must not be called after Close returns. The
+	// broker calls report with asynchronous errors (connection lost, ...).
+	Start(deliver func(channel string, payload []byte), report func(error)) error
+	// Subscribe subscribes the channel and returns after the broker server
+	// confirmed it, or ctx is done. The broker remembers the channel even
+	// when it returns an error, and subscribes it again whenever its
+	// connection is re-established.
+	Subscribe(ctx context.Context, channel string) error
+	// Unsubscribe forgets the channel.
+	Unsubscribe(ctx context.Context, channel string) error
+	// Publish publishes payload on channel. It returns how many subscribers
+	// the broker delivered it to, or -1 when the broker cannot tell.
+	Publish(ctx context.Context, channel string, payload []byte) (receivers int, err error)
+	// Close closes the connections the broker opened and stops its
+	// goroutines. Connections the user handed in are left open.
+	Close() error
+}
+
+// BrokerInspector is an optional Broker capability: the broker asks its
+// server what it sees, so tests and benchmarks can check that a node holds
+// O(1) broker connections however many websocket clients it serves.
+type BrokerInspector interface {
+	// Conns returns how many connections this broker holds on the broker
+	// server, as counted by the server.
+	Conns(ctx context.Context) (int, error)
+	// Subscribers returns how many subscriptions the broker server counts on
+	// channel, over all nodes.
+	Subscribers(ctx context.Context, channel string) (int, error)
+}
+
+// Inspector is implemented by every Exchange. Its methods return an error
+// wrapping errors.ErrUnsupported when the broker is not a BrokerInspector.
+type Inspector interface {
+	// BrokerConns returns how many connections this node holds on the
+	// broker server, as counted by the server. One network round trip.
+	BrokerConns(ctx context.Context) (int, error)
+	// NamespaceSubscribers returns how many subscriptions the broker server
+	// counts on the channel of namespace, over all nodes: one per node.
+	NamespaceSubscribers(ctx context.Context, namespace string) (int, error)
+}
+
+// Options configures the engine. The zero value works; each field documents
+// its default. Options is copied by New.
+type Options struct {
+	// Prefix is the first part of every channel name, so that several apps
+	// share one broker. Adapters set it from their drop-in "channel" or
+	// SubjectPrefix argument. Default "neffos".
+	Prefix string
+	// PublishTimeout bounds every broker publish. A publish that does not
+	// complete in time fails: Publish returns false, Ask returns the error.
+	// Default 2s.
+	PublishTimeout time.Duration
+	// SubscribeTimeout bounds every broker subscribe, including the
+	// per-connection one in OnConnect. Default 2s.
+	SubscribeTimeout time.Duration
+	// QueueSize is the number of messages that may wait for one websocket
+	// connection. A connection that does not read fills its queue; further
+	// messages for it are dropped (counted in Stats.Dropped, ErrSlowConsumer
+	// reported) and no other connection waits for it. Default 1024.
+	QueueSize int
+	// ErrorHandler receives asynchronous errors: failed publishes,
+	// subscribes, malformed payloads, slow consumers, broker connection
+	// losses. It must not block. Default: errors are only counted, and
+	// logged when Logger is set.
+	ErrorHandler func(error)
+	// Logger, when set, logs the same errors at Warn level.
+	Logger *slog.Logger
+}
+
+// Stats is a snapshot of an Exchange's counters since it was created.
+type Stats struct {
+	// Published counts envelopes published to the broker.
+	Published uint64
+	// PublishErrors counts publishes that failed or timed out.
+	PublishErrors uint64
+	// Received counts envelopes read from the broker, own echoes included.
+	Received uint64
+	// Delivered counts messages written to local websocket connections.
+	Delivered uint64
+	// Dropped counts messages not queued because a connection's queue was
+	// full (slow consumer).
+	Dropped uint64
+	// DecodeErrors counts payloads read from the broker that were not valid
+	// envelopes; each was dropped.
+	DecodeErrors uint64
+	// Conns is the number of local websocket connections tracked now.
+	Conns int
+	// Subscriptions is the number of broker channels this node is
+	// subscribed to now.
+	Subscriptions int
+	// PendingAsks is the number of Server.Ask calls waiting for a reply now.
+	PendingAsks int
+}

@@ -1,0 +1,181 @@
+package redis
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	goredis "github.com/go-redis/redis/v8"
+	"github.com/kataras/neffos"
+
+	"github.com/neffos-contrib/scaleout"
+)
+
+// Config is neffos's stackexchange/redis Config with the same fields and
+// defaults, plus additive ones. Its zero value connects to 127.0.0.1:6379.
+type Config struct {
+	// Network to use. Defaults to "tcp".
+	Network string
+	// Addr of a single redis server instance. See "Clusters" field for
+	// clusters support. Defaults to "127.0.0.1:6379".
+	Addr string
+	// Clusters a list of network addresses for clusters. If not empty
+	// "Addr" is ignored.
+	Clusters []string
+	// Password for AUTH. Empty means no AUTH.
+	Password string
+	// DialTimeout bounds connecting to Redis, NewStackExchange's first
+	// connection included. Zero means 5s; a negative value means 30s, as in
+	// neffos.
+	DialTimeout time.Duration
+	// MaxActive is the size of the connection pool used to publish. The node
+	// also holds one pub/sub connection, so it keeps at most MaxActive+1
+	// connections to Redis however many websocket clients it serves.
+	// Defaults to 2 (neffos's default is 10: it needed one per client).
+	MaxActive int
+
+	// Username for ACL AUTH (Redis 6+). Empty means the default user.
+	Username string
+	// DB selects a database. Pub/sub is not scoped by database in Redis;
+	// this only matters for the connections' other commands.
+	DB int
+	// TLSConfig, when not nil, connects with TLS.
+	TLSConfig *tls.Config
+
+	// Options configures the engine: timeouts, the per-connection queue,
+	// the error handler. Options.Prefix is ignored: the channel argument of
+	// NewStackExchange sets it.
+	scaleout.Options
+}
+
+// StackExchange is a neffos.StackExchange on Redis pub/sub (go-redis v8).
+// It is a drop-in replacement for neffos's stackexchange/redis: same
+// constructor and Config fields. All its methods are the engine's
+// (scaleout.Exchange); see there for what they cost.
+type StackExchange struct {
+	*scaleout.Exchange
+}
+
+var _ scaleout.StackExchange = (*StackExchange)(nil)
+
+// NewStackExchange connects to Redis and returns a new exchange whose
+// channels all start with channel (use one per app that shares the Redis
+// server; "" means "neffos"). It returns an error wrapping
+// scaleout.ErrBrokerUnavailable when Redis does not answer within
+// DialTimeout. The exchange owns its Redis connections: Close closes them.
+func NewStackExchange(cfg Config, channel string) (*StackExchange, error) {
+	if cfg.Network == "" {
+		cfg.Network = "tcp"
+	}
+	if cfg.Addr == "" && len(cfg.Clusters) == 0 {
+		cfg.Addr = "127.0.0.1:6379"
+	}
+	if cfg.DialTimeout < 0 {
+		cfg.DialTimeout = 30 * time.Second
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.MaxActive <= 0 {
+		cfg.MaxActive = 2
+	}
+	opts := withDefaults(cfg.Options)
+	name := "scaleout-" + randomHex()
+	addrs := cfg.Clusters
+	if len(addrs) == 0 {
+		addrs = []string{cfg.Addr}
+	}
+	network := cfg.Network
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 5 * time.Minute}
+	uo := &goredis.UniversalOptions{
+		Addrs:    addrs,
+		Username: cfg.Username,
+		Password: cfg.Password,
+		DB:       cfg.DB,
+		Dialer: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			conn, err := dialer.DialContext(ctx, network, addr)
+			if err != nil || cfg.TLSConfig == nil {
+				return conn, err
+			}
+			tc := tls.Client(conn, tlsFor(cfg.TLSConfig, addr))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return tc, nil
+		},
+		OnConnect: func(ctx context.Context, cn *goredis.Conn) error {
+			return cn.ClientSetName(ctx, name).Err()
+		},
+		DialTimeout:  cfg.DialTimeout,
+		ReadTimeout:  opts.PublishTimeout,
+		WriteTimeout: opts.PublishTimeout,
+		PoolSize:     cfg.MaxActive,
+		PoolTimeout:  opts.PublishTimeout,
+		MaxRetries:   -1, // a retried PUBLISH may deliver twice.
+	}
+	var client goredis.UniversalClient
+	if len(cfg.Clusters) > 0 {
+		client = goredis.NewClusterClient(uo.Cluster())
+	} else {
+		client = goredis.NewClient(uo.Simple())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("%w: redis %s: %w", scaleout.ErrBrokerUnavailable, strings.Join(addrs, ","), err)
+	}
+	b := newBroker(client, true, name, len(cfg.Clusters) > 0)
+	opts.Prefix = channel
+	return &StackExchange{Exchange: scaleout.New(b, opts)}, nil
+}
+
+// NewStackExchangeClient returns an exchange that publishes and subscribes
+// through the user's client. The exchange never closes client; its own
+// pub/sub connection (one, from client) is closed by Close. Options.Prefix
+// is the channel prefix ("" means "neffos").
+func NewStackExchangeClient(client goredis.UniversalClient, opts scaleout.Options) (*StackExchange, error) {
+	if client == nil {
+		return nil, errors.New("scaleout/redis: nil client")
+	}
+	opts = withDefaults(opts)
+	ctx, cancel := context.WithTimeout(context.Background(), opts.SubscribeTimeout)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		return nil, fmt.Errorf("%w: redis: %w", scaleout.ErrBrokerUnavailable, err)
+	}
+	_, cluster := client.(*goredis.ClusterClient)
+	b := newBroker(client, false, "", cluster)
+	return &StackExchange{Exchange: scaleout.New(b, opts)}, nil
+}
+
+func withDefaults(o scaleout.Options) scaleout.Options {
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 2 * time.Second
+	}
+	if o.SubscribeTimeout <= 0 {
+		o.SubscribeTimeout = 2 * time.Second
+	}
+	return o
+}
+
+func tlsFor(c *tls.Config, addr string) *tls.Config {
+	if c.ServerName != "" || c.InsecureSkipVerify {
+		return c
+	}
+	c = c.Clone()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		c.ServerName = host
+	}
+	return c
+}
+
+// Compile-time check that the drop-in signature matches neffos's.
+var _ func(Config, string) (*StackExchange, error) = NewStackExchange
+
+var _ neffos.StackExchange = (*StackExchange)(nil)
