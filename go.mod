@@ -1,6 +1,6 @@
 module github.com/neffos-contrib/scaleout
 
-go 1.26.8
+go 1.26
 
 require (
 	github.com/go-redis/redis/v8 v8.11.5
