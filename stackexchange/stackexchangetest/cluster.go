@@ -1,0 +1,325 @@
+package stackexchangetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kataras/neffos"
+	"github.com/kataras/neffos/gorilla"
+)
+
+// Events the suite uses.
+const (
+	evMsg      = "msg"      // server broadcasts, clients record
+	evFence    = "fence"    // barrier messages
+	evQuestion = "question" // Server.Ask; clients reply "answer:<name>:<body>"
+	evSilent   = "silent"   // Server.Ask; clients never reply
+	evEmit     = "emit"     // client -> server; server handler counts
+	evEcho     = "echo"     // client -> server; server handler emits back
+)
+
+// node is one neffos server with its own exchange, as a separate machine
+// would have.
+type node struct {
+	idx   int
+	srv   *neffos.Server
+	exc   neffos.StackExchange
+	url   string
+	hs    *http.Server
+	conns sync.Map // conn id -> *neffos.Conn, server side
+}
+
+type cluster struct {
+	t       *testing.T
+	nodes   []*node
+	nss     []string
+	native  bool
+	emitsMu sync.Mutex
+	emits   map[string][]int // body -> nodes whose server handler got it
+	fences  atomic.Int64
+}
+
+// newCluster starts n nodes on loopback sharing one channel prefix.
+func newCluster(t *testing.T, f Factory, n int, namespaces []string, native bool) *cluster {
+	t.Helper()
+	cl := &cluster{t: t, nss: namespaces, native: native, emits: map[string][]int{}}
+	channel := uniqueChannel(t)
+	for i := 0; i < n; i++ {
+		nd := &node{idx: i}
+		nd.srv = neffos.New(gorilla.DefaultUpgrader, cl.serverHandler(nd))
+		nd.srv.OnConnect = func(c *neffos.Conn) error {
+			nd.conns.Store(c.ID(), c)
+			return nil
+		}
+		exc := f(t, channel)
+		if exc == nil {
+			t.Fatalf("factory returned a nil exchange")
+		}
+		nd.exc = exc
+		if err := nd.srv.UseStackExchange(exc); err != nil {
+			t.Fatalf("node %d: UseStackExchange: %v", i, err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd.url = "ws://" + ln.Addr().String()
+		nd.hs = &http.Server{Handler: nd.srv, ReadHeaderTimeout: 10 * time.Second}
+		go nd.hs.Serve(ln)
+		cl.nodes = append(cl.nodes, nd)
+	}
+	t.Cleanup(func() {
+		for _, nd := range cl.nodes {
+			nd.srv.Close()
+		}
+		for _, nd := range cl.nodes {
+			if c, ok := nd.exc.(interface{ Close() error }); ok {
+				_ = c.Close()
+			}
+			_ = nd.hs.Close()
+		}
+	})
+	return cl
+}
+
+var channelSeq atomic.Int64
+
+func uniqueChannel(t *testing.T) string {
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, t.Name())
+	if len(name) > 40 {
+		name = name[len(name)-40:]
+	}
+	return fmt.Sprintf("sxt%d-%d-%s", time.Now().UnixNano()%1e9, channelSeq.Add(1), name)
+}
+
+func (cl *cluster) serverHandler(nd *node) neffos.ConnHandler {
+	if cl.native {
+		return neffos.Events{neffos.OnNativeMessage: func(*neffos.NSConn, neffos.Message) error { return nil }}
+	}
+	nss := neffos.Namespaces{}
+	for _, ns := range cl.nss {
+		nss[ns] = neffos.Events{
+			evEmit: func(c *neffos.NSConn, m neffos.Message) error {
+				cl.emitsMu.Lock()
+				cl.emits[string(m.Body)] = append(cl.emits[string(m.Body)], nd.idx)
+				cl.emitsMu.Unlock()
+				return nil
+			},
+			evEcho: func(c *neffos.NSConn, m neffos.Message) error {
+				c.Emit(evMsg, m.Body)
+				return nil
+			},
+		}
+	}
+	return nss
+}
+
+func (cl *cluster) emitted(body string) []int {
+	cl.emitsMu.Lock()
+	defer cl.emitsMu.Unlock()
+	return append([]int(nil), cl.emits[body]...)
+}
+
+// conn returns the server side of a client.
+func (cl *cluster) conn(c *client) *neffos.Conn {
+	v, ok := cl.nodes[c.node].conns.Load(c.id)
+	if !ok {
+		cl.t.Fatalf("no server connection for client %s", c.name)
+	}
+	return v.(*neffos.Conn)
+}
+
+// received is one message a client got.
+type received struct {
+	ns, room, event string
+	body            []byte
+	binary          bool
+	err             error
+}
+
+// client is a real neffos Go client.
+type client struct {
+	name   string
+	node   int
+	id     string
+	c      *neffos.Client
+	nsc    map[string]*neffos.NSConn
+	mu     sync.Mutex
+	got    []received
+	notify chan struct{}
+}
+
+// dial connects a client to node and to each namespace in nss.
+func (cl *cluster) dial(name string, nodeIdx int, nss ...string) *client {
+	cl.t.Helper()
+	c, err := cl.tryDial(name, nodeIdx, nss...)
+	if err != nil {
+		cl.t.Fatalf("dial %s to node %d: %v", name, nodeIdx, err)
+	}
+	return c
+}
+
+func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, error) {
+	c := &client{name: name, node: nodeIdx, nsc: map[string]*neffos.NSConn{}, notify: make(chan struct{}, 1)}
+	var handler neffos.ConnHandler
+	if cl.native {
+		handler = neffos.Events{neffos.OnNativeMessage: func(_ *neffos.NSConn, m neffos.Message) error {
+			c.record(m)
+			return nil
+		}}
+	} else {
+		all := neffos.Namespaces{}
+		for _, ns := range cl.nss {
+			all[ns] = neffos.Events{neffos.OnAnyEvent: func(_ *neffos.NSConn, m neffos.Message) error {
+				if neffos.IsSystemEvent(m.Event) {
+					return nil
+				}
+				if m.Event == evQuestion {
+					return neffos.Reply([]byte("answer:" + c.name + ":" + string(m.Body)))
+				}
+				c.record(m)
+				return nil
+			}}
+		}
+		handler = all
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := neffos.Dial(ctx, gorilla.DefaultDialer, cl.nodes[nodeIdx].url, handler)
+	if err != nil {
+		return nil, err
+	}
+	c.c, c.id = nc, nc.ID
+	for _, ns := range nss {
+		nsc, err := nc.Connect(ctx, ns)
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("connect %q: %w", ns, err)
+		}
+		c.nsc[ns] = nsc
+	}
+	cl.t.Cleanup(nc.Close)
+	return c, nil
+}
+
+func (c *client) record(m neffos.Message) {
+	c.mu.Lock()
+	c.got = append(c.got, received{ns: m.Namespace, room: m.Room, event: m.Event, body: append([]byte(nil), m.Body...), binary: m.SetBinary, err: m.Err})
+	c.mu.Unlock()
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// count returns how many messages match.
+func (c *client) count(match func(received) bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, r := range c.got {
+		if match(r) {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *client) messages() []received {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]received(nil), c.got...)
+}
+
+func withBody(event, body string) func(received) bool {
+	return func(r received) bool { return r.event == event && string(r.body) == body }
+}
+
+// waitUntil polls cond until it holds or d passes.
+func waitUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// waitFor waits until c has at least n messages matching match.
+func (c *client) waitFor(d time.Duration, n int, match func(received) bool) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		if c.count(match) >= n {
+			return true
+		}
+		select {
+		case <-c.notify:
+		case <-deadline.C:
+			return c.count(match) >= n
+		}
+	}
+}
+
+// barrier broadcasts a fence from every node on ns and waits until every
+// client in clients got all of them. Brokers keep per-publisher order, so
+// after the barrier every message published earlier, duplicates included,
+// has arrived.
+func (cl *cluster) barrier(ns string, clients ...*client) {
+	cl.t.Helper()
+	var bodies []string
+	for _, nd := range cl.nodes {
+		body := fmt.Sprintf("fence-%d-%d", nd.idx, cl.fences.Add(1))
+		bodies = append(bodies, body)
+		nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evFence, Body: []byte(body)})
+	}
+	for _, c := range clients {
+		for _, b := range bodies {
+			if !c.waitFor(15*time.Second, 1, withBody(evFence, b)) {
+				cl.t.Fatalf("barrier: client %s (node %d) never got %s", c.name, c.node, b)
+			}
+		}
+	}
+}
+
+// expectCount fails unless c got exactly want messages matching match.
+func expectCount(t *testing.T, rule string, c *client, want int, event, body string) {
+	t.Helper()
+	if got := c.count(withBody(event, body)); got != want {
+		t.Errorf("%s: client %s on node %d got %q %d times, want %d", rule, c.name, c.node, body, got, want)
+	}
+}
+
+// watchdog fails a hung implementation instead of letting it hang the run:
+// when d passes it panics with every goroutine's stack.
+func watchdog(t *testing.T, d time.Duration) {
+	name := t.Name()
+	timer := time.AfterFunc(d, func() {
+		debug.SetTraceback("all")
+		panic(fmt.Sprintf("stackexchangetest: %s did not finish in %v: the exchange hangs", name, d))
+	})
+	t.Cleanup(func() { timer.Stop() })
+}
+
+func equalBytes(a, b []byte) bool { return bytes.Equal(a, b) }
+
+var errBoom = errors.New("boom; ünïcødé error")
