@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,16 +56,13 @@ type Exchange struct {
 	byPtr  map[string]*peer
 	closed bool
 
-	subMu   sync.Mutex
-	subs    map[string]*subState
-	subLock [64]sync.Mutex // serializes broker calls per channel
-	seed    maphash.Seed
-	unsubMu sync.Mutex
-	unsubQ  []string
-	unsubCh chan struct{}
+	subMu sync.Mutex
+	subs  map[string]*subState
+	subQ  []string      // channels whose subscription must be brought in line with refs
+	subCh chan struct{} // wakes the subscriber goroutine
 
 	askMu  sync.Mutex
-	asks   map[uint64]chan neffos.Message
+	asks   map[uint64]*pendingAsk
 	askSeq atomic.Uint64
 
 	done      chan struct{}
@@ -78,8 +74,18 @@ type Exchange struct {
 	published, publishErrors, received, delivered, dropped, decodeErrors atomic.Uint64
 }
 
+// pendingAsk is a Server.Ask waiting for its reply.
+type pendingAsk struct {
+	reply    chan neffos.Message // first reply wins
+	notHere  int                 // not-here answers so far (guarded by askMu)
+	expected int                 // not-here answers that mean nobody holds To; 0: not counting
+	nowhere  chan struct{}       // closed when notHere reaches expected
+}
+
 type subState struct {
-	refs int
+	refs   int
+	active bool // subscribed on the broker (or being subscribed)
+	queued bool // in subQ
 }
 
 // peer is a local websocket connection and its outbound queue.
@@ -92,6 +98,8 @@ type peer struct {
 	running  bool
 	dropping bool
 	lazyNS   map[string]struct{} // namespaces subscribed for this conn when Init was not called
+	ready    map[string]struct{} // namespaces neffos reported connected (Subscribe)
+	held     []*neffos.Message   // messages for a namespace not ready yet
 }
 
 const sweepInterval = time.Second
@@ -116,18 +124,17 @@ func New(b Broker, opts Options) *Exchange {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	return &Exchange{
-		b:       b,
-		opts:    opts,
-		names:   names{prefix: prefixName(opts.Prefix)},
-		node:    hex.EncodeToString(id[:]),
-		conns:   make(map[*neffos.Conn]*peer),
-		byID:    make(map[string][]*peer),
-		byPtr:   make(map[string]*peer),
-		subs:    make(map[string]*subState),
-		seed:    maphash.MakeSeed(),
-		unsubCh: make(chan struct{}, 1),
-		asks:    make(map[uint64]chan neffos.Message),
-		done:    make(chan struct{}),
+		b:     b,
+		opts:  opts,
+		names: names{prefix: prefixName(opts.Prefix)},
+		node:  hex.EncodeToString(id[:]),
+		conns: make(map[*neffos.Conn]*peer),
+		byID:  make(map[string][]*peer),
+		byPtr: make(map[string]*peer),
+		subs:  make(map[string]*subState),
+		subCh: make(chan struct{}, 1),
+		asks:  make(map[uint64]*pendingAsk),
+		done:  make(chan struct{}),
 	}
 }
 
@@ -152,6 +159,15 @@ func (e *Exchange) SetPrefix(prefix string) error {
 // NodeID returns this node's id, as carried in envelopes (16 hex digits).
 func (e *Exchange) NodeID() string { return e.node }
 
+func (e *Exchange) isClosed() bool {
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (e *Exchange) start() error {
 	e.startOnce.Do(func() { e.startErr = e.doStart() })
 	return e.startErr
@@ -162,11 +178,11 @@ func (e *Exchange) doStart() error {
 		return err
 	}
 	e.bg.Add(2)
-	go e.unsubscriber()
+	go e.subscriber()
 	go e.sweeper()
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
-	e.acquire(ctx, e.names.node(e.node))
+	e.acquire(ctx, e.names.node(e.node), true)
 	return nil
 }
 
@@ -182,7 +198,7 @@ func (e *Exchange) Init(namespaces neffos.Namespaces) error {
 	defer cancel()
 	var firstErr error
 	for ns := range namespaces {
-		if err := e.acquire(ctx, e.names.namespace(ns)); err != nil && firstErr == nil {
+		if err := e.acquire(ctx, e.names.namespace(ns), true); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -193,17 +209,25 @@ func (e *Exchange) Init(namespaces neffos.Namespaces) error {
 	return nil
 }
 
-// OnConnect registers c as a local connection and subscribes its id's
-// channel (one broker subscription per distinct id, on the shared broker
-// connection), so messages with To and Asks for it reach this node. Called
-// by neffos before the server's OnConnect. It waits at most
-// Options.SubscribeTimeout for the broker, and never fails the connection
-// because of the broker: during an outage the client is served locally.
+// OnConnect registers c as a local connection and queues the subscription
+// of its id's channel (one broker subscription per distinct id, on the
+// shared broker connection), so messages with To and Asks for it reach this
+// node. Called by neffos before the server's OnConnect; it returns at once
+// and never fails the connection because of the broker: during an outage
+// the client is served locally. Until the broker confirmed the
+// subscription (one round trip), a message with To published on another
+// node finds no subscriber on the id's channel and is re-published on the
+// namespace's channel, which this node subscribed in Init.
 func (e *Exchange) OnConnect(c *neffos.Conn) error {
 	if err := e.start(); err != nil {
 		return err
 	}
-	p := &peer{c: c, id: c.ID()}
+	p := &peer{c: c, id: c.ID(), ready: make(map[string]struct{})}
+	if c.Namespace("") != nil {
+		// A native-only connection is connected to "" from the start and
+		// neffos never calls Subscribe for it.
+		p.ready[""] = struct{}{}
+	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -218,9 +242,7 @@ func (e *Exchange) OnConnect(c *neffos.Conn) error {
 	e.byPtr[fmt.Sprintf("%p", c)] = p
 	e.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
-	defer cancel()
-	e.acquire(ctx, e.names.conn(p.id))
+	_ = e.acquire(context.Background(), e.names.conn(p.id), false)
 	return nil
 }
 
@@ -266,33 +288,48 @@ func (e *Exchange) removeLocked(c *neffos.Conn) *peer {
 	return p
 }
 
-// Subscribe is called by neffos after a client connected to namespace. When
-// Init ran (Server.UseStackExchange), the namespace channel is already
-// subscribed and this does nothing. Otherwise it subscribes the namespace
-// channel for this node, reference-counted.
+// Subscribe is called by neffos after a client connected to namespace and
+// its connect reply was written. Messages for that namespace that arrived in
+// between are written now, in order. When Init ran
+// (Server.UseStackExchange) the namespace channel is already subscribed;
+// otherwise this subscribes it for the node, reference-counted.
 func (e *Exchange) Subscribe(c *neffos.Conn, namespace string) {
-	if e.inited.Load() || e.start() != nil {
+	if e.start() != nil {
 		return
 	}
 	e.mu.RLock()
 	p := e.conns[c]
-	e.mu.RUnlock()
-	if p == nil {
+	if p == nil || e.closed {
+		e.mu.RUnlock()
 		return
 	}
+	var dropped int
 	p.mu.Lock()
-	if _, ok := p.lazyNS[namespace]; ok {
-		p.mu.Unlock()
-		return
+	p.ready[namespace] = struct{}{}
+	keep := p.held[:0]
+	for _, m := range p.held {
+		if m.Namespace != namespace {
+			keep = append(keep, m)
+		} else if queued, _ := e.enqueueLocked(p, m); !queued {
+			dropped++
+		}
 	}
-	if p.lazyNS == nil {
-		p.lazyNS = make(map[string]struct{})
+	clear(p.held[len(keep):])
+	p.held = keep
+	lazy := false
+	if _, ok := p.lazyNS[namespace]; !ok && !e.inited.Load() {
+		if p.lazyNS == nil {
+			p.lazyNS = make(map[string]struct{})
+		}
+		p.lazyNS[namespace] = struct{}{}
+		lazy = true
 	}
-	p.lazyNS[namespace] = struct{}{}
 	p.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
-	defer cancel()
-	e.acquire(ctx, e.names.namespace(namespace))
+	e.mu.RUnlock()
+	e.dropped.Add(uint64(dropped))
+	if lazy {
+		_ = e.acquire(context.Background(), e.names.namespace(namespace), false)
+	}
 }
 
 // Unsubscribe is called by neffos after a client left namespace; it undoes
@@ -307,6 +344,15 @@ func (e *Exchange) Unsubscribe(c *neffos.Conn, namespace string) {
 	p.mu.Lock()
 	_, ok := p.lazyNS[namespace]
 	delete(p.lazyNS, namespace)
+	delete(p.ready, namespace)
+	keep := p.held[:0]
+	for _, m := range p.held {
+		if m.Namespace != namespace {
+			keep = append(keep, m)
+		}
+	}
+	clear(p.held[len(keep):])
+	p.held = keep
 	p.mu.Unlock()
 	if ok {
 		e.release(e.names.namespace(namespace))
@@ -319,7 +365,7 @@ func (e *Exchange) Unsubscribe(c *neffos.Conn, namespace string) {
 // the cause goes to Options.ErrorHandler wrapped in ErrPublish. Each publish
 // is bounded by Options.PublishTimeout.
 func (e *Exchange) Publish(msgs []neffos.Message) bool {
-	if e.start() != nil {
+	if e.start() != nil || e.isClosed() {
 		return false
 	}
 	ok := true
@@ -340,18 +386,36 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 	local := messageOf(&env)
 	e.fanout(local, env.to, exclConn, fromOf(m))
 
-	channel := e.names.namespace(env.namespace)
-	if env.to != "" {
-		channel = e.names.conn(env.to)
+	if env.to == "" {
+		_, err := e.publish(e.names.namespace(env.namespace), &env)
+		return err == nil
 	}
-	_, err := e.publish(channel, &env)
+	n, err := e.publishCounted(e.names.conn(env.to), &env)
+	if err == nil && n == 0 {
+		// No node has subscribed the id's channel (yet): every node reads
+		// the namespace's channel and picks the client by id.
+		_, err = e.publish(e.names.namespace(env.namespace), &env)
+	}
 	return err == nil
 }
 
 func (e *Exchange) publish(channel string, env *envelope) (int, error) {
+	return e.publishVia(e.b.Publish, channel, env)
+}
+
+// publishCounted publishes on a client's channel, counting receivers when
+// the broker can (CountingPublisher) and Publish cannot.
+func (e *Exchange) publishCounted(channel string, env *envelope) (int, error) {
+	if cp, ok := e.b.(CountingPublisher); ok {
+		return e.publishVia(cp.PublishCounted, channel, env)
+	}
+	return e.publish(channel, env)
+}
+
+func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, error), channel string, env *envelope) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 	defer cancel()
-	n, err := e.b.Publish(ctx, channel, encodeEnvelope(env))
+	n, err := pub(ctx, channel, encodeEnvelope(env))
 	if err != nil {
 		e.publishErrors.Add(1)
 		err = fmt.Errorf("%w: %s: %w", ErrPublish, channel, err)
@@ -434,15 +498,39 @@ func wants(c *neffos.Conn, m *neffos.Message) bool {
 // waiting for drains while a drain is being added.
 func (e *Exchange) push(p *peer, m *neffos.Message) bool {
 	p.mu.Lock()
-	if len(p.queue) >= e.opts.QueueSize {
-		first := !p.dropping
+	var ok, report bool
+	if _, ready := p.ready[m.Namespace]; ready {
+		ok, report = e.enqueueLocked(p, m)
+	} else if len(p.held) < e.opts.QueueSize {
+		// neffos registers a namespace on the connection before it writes
+		// the connect reply, and tells the exchange (Subscribe) right after.
+		// A message written in between would reach the client before its
+		// Connect returned, which deadlocks a neffos client; hold it until
+		// Subscribe.
+		p.held = append(p.held, m)
+		ok = true
+	} else {
+		report = !p.dropping
 		p.dropping = true
-		p.mu.Unlock()
+	}
+	p.mu.Unlock()
+	if !ok {
 		e.dropped.Add(1)
-		if first {
+		if report {
 			e.report(fmt.Errorf("%w: connection %q", ErrSlowConsumer, p.id))
 		}
-		return false
+	}
+	return ok
+}
+
+// enqueueLocked queues m for p's drain goroutine, starting it if needed.
+// Called with p.mu locked and e.mu read-locked. It reports whether m was
+// queued, and whether a drop must be reported.
+func (e *Exchange) enqueueLocked(p *peer, m *neffos.Message) (queued, report bool) {
+	if len(p.queue) >= e.opts.QueueSize {
+		report = !p.dropping
+		p.dropping = true
+		return false, report
 	}
 	p.queue = append(p.queue, m)
 	if !p.running {
@@ -450,8 +538,7 @@ func (e *Exchange) push(p *peer, m *neffos.Message) bool {
 		e.drains.Add(1)
 		go e.drain(p)
 	}
-	p.mu.Unlock()
-	return true
+	return true, false
 }
 
 func (e *Exchange) drain(p *peer) {
@@ -498,10 +585,30 @@ func (e *Exchange) deliver(channel string, payload []byte) {
 		e.fanout(messageOf(&env), env.to, nil, env.exclude)
 	case kindAsk:
 		q := questionOf(&env, askToken(env.origin, env.id))
-		e.fanout(q, env.to, nil, env.exclude)
+		n := e.fanout(q, env.to, nil, env.exclude)
+		if n == 0 && env.flags&flagProbe != 0 {
+			e.goPublish(e.names.node(env.origin), &envelope{kind: kindNotHere, origin: e.node, id: env.id})
+		}
 	case kindReply:
 		e.complete(env.id, *messageOf(&env))
+	case kindNotHere:
+		e.notHere(env.id)
 	}
+}
+
+// goPublish publishes from a new goroutine: the receive path must not wait
+// for the broker (an in-process broker delivers from inside Publish).
+func (e *Exchange) goPublish(channel string, env *envelope) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed {
+		return
+	}
+	e.drains.Add(1)
+	go func() {
+		defer e.drains.Done()
+		_, _ = e.publish(channel, env)
+	}()
 }
 
 // Ask sends msg to its To client, or to every client of msg.Namespace when
@@ -515,17 +622,20 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 	if err := e.start(); err != nil {
 		return neffos.Message{}, err
 	}
+	if e.isClosed() {
+		return neffos.Message{}, ErrClosed
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	id := e.askSeq.Add(1)
-	ch := make(chan neffos.Message, 1)
+	pa := &pendingAsk{reply: make(chan neffos.Message, 1), nowhere: make(chan struct{})}
 	e.askMu.Lock()
 	if e.asks == nil {
 		e.askMu.Unlock()
 		return neffos.Message{}, ErrClosed
 	}
-	e.asks[id] = ch
+	e.asks[id] = pa
 	e.askMu.Unlock()
 	defer func() {
 		e.askMu.Lock()
@@ -539,26 +649,44 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 	fillEnvelope(&env, &msg)
 	_, env.exclude = e.excluded(&msg)
 	local := e.fanout(questionOf(&env, askToken(e.node, id)), env.to, nil, env.exclude)
-	if env.to == "" || local == 0 {
-		channel := e.names.namespace(env.namespace)
-		if env.to != "" {
-			channel = e.names.conn(env.to)
-		}
-		n, err := e.publish(channel, &env)
-		if err != nil && local == 0 {
+	switch {
+	case env.to == "":
+		if _, err := e.publish(e.names.namespace(env.namespace), &env); err != nil && local == 0 {
 			return neffos.Message{}, err
 		}
-		if err == nil && env.to != "" && n == 0 {
-			return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
+	case local == 0:
+		n, err := e.publishCounted(e.names.conn(env.to), &env)
+		if err != nil {
+			return neffos.Message{}, err
+		}
+		if n == 0 {
+			// Nobody subscribes the id's channel: the client is unknown, or
+			// its node has not finished subscribing it. Ask every node; each
+			// one without the client answers not-here.
+			env.flags |= flagProbe
+			m, err := e.publish(e.names.namespace(env.namespace), &env)
+			if err != nil {
+				return neffos.Message{}, err
+			}
+			// m counts this node too. When the broker cannot count (m < 0)
+			// there is no telling when every node answered: fail at once.
+			if m <= 1 {
+				return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
+			}
+			e.askMu.Lock()
+			pa.expected = m - 1
+			if pa.notHere >= pa.expected {
+				close(pa.nowhere)
+			}
+			e.askMu.Unlock()
 		}
 	}
 
 	select {
-	case r, ok := <-ch:
-		if !ok {
-			return neffos.Message{}, ErrClosed
-		}
+	case r := <-pa.reply:
 		return r, r.Err
+	case <-pa.nowhere:
+		return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
 	case <-ctx.Done():
 		return neffos.Message{}, ctx.Err()
 	case <-e.done:
@@ -591,14 +719,28 @@ func (e *Exchange) NotifyAsk(msg neffos.Message, token string) error {
 
 func (e *Exchange) complete(id uint64, reply neffos.Message) {
 	e.askMu.Lock()
-	ch := e.asks[id]
+	pa := e.asks[id]
 	e.askMu.Unlock()
-	if ch == nil {
+	if pa == nil {
 		return // answered already (first reply wins), timed out, or not ours.
 	}
 	select {
-	case ch <- reply:
+	case pa.reply <- reply:
 	default:
+	}
+}
+
+// notHere counts a node's answer that it does not hold an ask's To client.
+func (e *Exchange) notHere(id uint64) {
+	e.askMu.Lock()
+	defer e.askMu.Unlock()
+	pa := e.asks[id]
+	if pa == nil {
+		return
+	}
+	pa.notHere++
+	if pa.expected > 0 && pa.notHere == pa.expected {
+		close(pa.nowhere)
 	}
 }
 
@@ -696,11 +838,14 @@ func (e *Exchange) report(err error) {
 	}
 }
 
-// acquire takes a reference on channel, subscribing it on the first one.
-func (e *Exchange) acquire(ctx context.Context, channel string) error {
-	l := &e.subLock[maphash.String(e.seed, channel)%uint64(len(e.subLock))]
-	l.Lock()
-	defer l.Unlock()
+// acquire takes a reference on channel. With wait, the first reference
+// subscribes it before acquire returns (namespaces in Init, the node
+// channel); otherwise the subscriber goroutine subscribes it in the
+// background, so OnConnect returns at once. (Waiting for the broker in
+// OnConnect lands neffos v0.0.24's server-side readiness signal right when
+// the client's handshake ack arrives, where its waiterOnce can lose the
+// wake-up and hang the client's Dial.)
+func (e *Exchange) acquire(ctx context.Context, channel string, wait bool) error {
 	e.subMu.Lock()
 	s := e.subs[channel]
 	if s == nil {
@@ -708,11 +853,25 @@ func (e *Exchange) acquire(ctx context.Context, channel string) error {
 		e.subs[channel] = s
 	}
 	s.refs++
-	first := s.refs == 1
+	need := !s.active && !s.queued
+	if need && wait {
+		s.active = true
+	} else if need {
+		s.queued = true
+		e.subQ = append(e.subQ, channel)
+	}
 	e.subMu.Unlock()
-	if !first {
+	if !need {
 		return nil
 	}
+	if !wait {
+		e.kick()
+		return nil
+	}
+	return e.subscribe(ctx, channel)
+}
+
+func (e *Exchange) subscribe(ctx context.Context, channel string) error {
 	if err := e.b.Subscribe(ctx, channel); err != nil {
 		err = fmt.Errorf("%w: %s: %w", ErrSubscribe, channel, err)
 		e.report(err)
@@ -721,8 +880,15 @@ func (e *Exchange) acquire(ctx context.Context, channel string) error {
 	return nil
 }
 
-// release drops a reference on channel; the last one unsubscribes it in
-// the background.
+func (e *Exchange) kick() {
+	select {
+	case e.subCh <- struct{}{}:
+	default:
+	}
+}
+
+// release drops a reference on channel; the subscriber goroutine
+// unsubscribes it once no reference is left.
 func (e *Exchange) release(channel string) {
 	e.subMu.Lock()
 	s := e.subs[channel]
@@ -731,56 +897,65 @@ func (e *Exchange) release(channel string) {
 		return
 	}
 	s.refs--
-	last := s.refs <= 0
-	e.subMu.Unlock()
-	if !last {
-		return
+	need := s.refs <= 0 && !s.queued
+	if need {
+		s.queued = true
+		e.subQ = append(e.subQ, channel)
 	}
-	e.unsubMu.Lock()
-	e.unsubQ = append(e.unsubQ, channel)
-	e.unsubMu.Unlock()
-	select {
-	case e.unsubCh <- struct{}{}:
-	default:
+	e.subMu.Unlock()
+	if need {
+		e.kick()
 	}
 }
 
-func (e *Exchange) unsubscriber() {
+// subscriber applies queued subscription changes, one at a time and in
+// order, so an unsubscribe never overtakes a later subscribe of the same
+// channel. Each change looks at the channel's reference count when it
+// runs: a channel released and acquired again meanwhile is left alone.
+func (e *Exchange) subscriber() {
 	defer e.bg.Done()
 	for {
 		select {
 		case <-e.done:
 			return
-		case <-e.unsubCh:
+		case <-e.subCh:
 		}
-		e.unsubMu.Lock()
-		q := e.unsubQ
-		e.unsubQ = nil
-		e.unsubMu.Unlock()
+		e.subMu.Lock()
+		q := e.subQ
+		e.subQ = nil
+		e.subMu.Unlock()
 		for _, channel := range q {
-			e.unsubscribe(channel)
+			e.apply(channel)
 		}
 	}
 }
 
-func (e *Exchange) unsubscribe(channel string) {
-	l := &e.subLock[maphash.String(e.seed, channel)%uint64(len(e.subLock))]
-	l.Lock()
-	defer l.Unlock()
+func (e *Exchange) apply(channel string) {
 	e.subMu.Lock()
 	s := e.subs[channel]
-	gone := s != nil && s.refs <= 0
-	if gone {
-		delete(e.subs, channel)
-	}
-	e.subMu.Unlock()
-	if !gone {
+	if s == nil {
+		e.subMu.Unlock()
 		return
 	}
+	s.queued = false
+	sub, unsub := false, false
+	switch {
+	case s.refs > 0 && !s.active:
+		s.active, sub = true, true
+	case s.refs <= 0:
+		delete(e.subs, channel)
+		unsub = s.active
+	}
+	e.subMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
-	if err := e.b.Unsubscribe(ctx, channel); err != nil {
-		e.report(fmt.Errorf("%w: unsubscribe %s: %w", ErrSubscribe, channel, err))
+	if sub {
+		_ = e.subscribe(ctx, channel)
+	}
+	if unsub {
+		if err := e.b.Unsubscribe(ctx, channel); err != nil {
+			e.report(fmt.Errorf("%w: unsubscribe %s: %w", ErrSubscribe, channel, err))
+		}
 	}
 }
 

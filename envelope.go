@@ -11,8 +11,10 @@ import (
 //	offset  size  field
 //	0       2     magic "SO"
 //	2       1     version (1)
-//	3       1     kind: 1 broadcast, 2 ask, 3 reply
-//	4       1     flags: 1 binary, 2 native, 4 error
+//	3       1     kind: 1 broadcast, 2 ask, 3 reply, 4 not-here (an ask's To
+//	              is not on the sending node)
+//	4       1     flags: 1 binary, 2 native, 4 error, 8 probe (an ask with To
+//	              sent to every node: a node without the client answers not-here)
 //	5       -     origin node id     (uvarint length + bytes)
 //	        -     id                 (uvarint): ask id for ask and reply
 //	        -     namespace          (uvarint length + bytes)
@@ -33,10 +35,12 @@ const (
 	kindBroadcast = 1
 	kindAsk       = 2
 	kindReply     = 3
+	kindNotHere   = 4
 
 	flagBinary = 1 << 0
 	flagNative = 1 << 1
 	flagError  = 1 << 2
+	flagProbe  = 1 << 3
 
 	maxEnvelopeString = 1 << 20 // per string field
 )
@@ -101,10 +105,10 @@ func decodeEnvelope(b []byte) (envelope, error) {
 		return e, fmt.Errorf("%w: unsupported version %d", ErrMalformed, b[2])
 	}
 	e.kind, e.flags = b[3], b[4]
-	if e.kind < kindBroadcast || e.kind > kindReply {
+	if e.kind < kindBroadcast || e.kind > kindNotHere {
 		return e, fmt.Errorf("%w: unknown kind %d", ErrMalformed, e.kind)
 	}
-	if e.flags&^(flagBinary|flagNative|flagError) != 0 {
+	if e.flags&^(flagBinary|flagNative|flagError|flagProbe) != 0 {
 		return e, fmt.Errorf("%w: unknown flags %#x", ErrMalformed, e.flags)
 	}
 	r := reader{b: b[5:]}

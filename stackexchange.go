@@ -55,6 +55,16 @@ type Broker interface {
 	Close() error
 }
 
+// CountingPublisher is an optional Broker capability for brokers whose
+// Publish cannot count receivers (it returns -1): PublishCounted publishes
+// and reports whether anybody subscribes channel (0, or at least 1). The
+// engine uses it only on a client's own channel (messages with To, Asks with
+// To), where a zero means "not on any node yet" and triggers a fallback to
+// the namespace channel. It may cost a round trip to the broker.
+type CountingPublisher interface {
+	PublishCounted(ctx context.Context, channel string, payload []byte) (receivers int, err error)
+}
+
 // BrokerInspector is an optional Broker capability: the broker asks its
 // server what it sees, so tests and benchmarks can check that a node holds
 // O(1) broker connections however many websocket clients it serves.

@@ -74,7 +74,7 @@ func newCluster(t *testing.T, f Factory, n int, namespaces []string, native bool
 			t.Fatal(err)
 		}
 		nd.url = "ws://" + ln.Addr().String()
-		nd.hs = &http.Server{Handler: nd.srv, ReadHeaderTimeout: 10 * time.Second}
+		nd.hs = &http.Server{Handler: serveNeffos(nd.srv), ReadHeaderTimeout: 10 * time.Second}
 		go nd.hs.Serve(ln)
 		cl.nodes = append(cl.nodes, nd)
 	}
@@ -159,6 +159,7 @@ type client struct {
 	id     string
 	c      *neffos.Client
 	nsc    map[string]*neffos.NSConn
+	sock   *ackSafeSocket
 	mu     sync.Mutex
 	got    []received
 	notify chan struct{}
@@ -200,12 +201,23 @@ func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, er
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := neffos.Dial(ctx, gorilla.DefaultDialer, cl.nodes[nodeIdx].url, handler)
+	dialer := func(ctx context.Context, url string) (neffos.Socket, error) {
+		s, err := ackSafeDial(ctx, url)
+		if s != nil {
+			c.sock = s.(*ackSafeSocket)
+		}
+		return s, err
+	}
+	if cl.native {
+		dialer = gorilla.DefaultDialer // a native-only client sends no ack
+	}
+	nc, err := neffos.Dial(ctx, dialer, cl.nodes[nodeIdx].url, handler)
 	if err != nil {
 		return nil, err
 	}
 	c.c, c.id = nc, nc.ID
 	for _, ns := range nss {
+		c.settle()
 		nsc, err := nc.Connect(ctx, ns)
 		if err != nil {
 			nc.Close()
@@ -215,6 +227,23 @@ func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, er
 	}
 	cl.t.Cleanup(nc.Close)
 	return c, nil
+}
+
+// settle waits until the client's reader is not inside a frame's handling.
+// A neffos v0.0.24 client that asks (Connect, JoinRoom, Disconnect) while its
+// reader handles a frame reads the socket from a second goroutine, a race
+// inside neffos; call settle before each of them.
+func (c *client) settle() {
+	if c.sock == nil {
+		return
+	}
+	waitUntil(5*time.Second, c.sock.idle)
+}
+
+// join joins room on namespace ns.
+func (c *client) join(ctx context.Context, ns, room string) (*neffos.Room, error) {
+	c.settle()
+	return c.nsc[ns].JoinRoom(ctx, room)
 }
 
 func (c *client) record(m neffos.Message) {

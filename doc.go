@@ -1,0 +1,50 @@
+// Package scaleout runs one neffos websocket app on many server instances
+// as if it were one.
+//
+// A neffos server (github.com/kataras/neffos) routes Server.Broadcast,
+// Conn.Write and Server.Ask through a StackExchange when one is plugged in
+// with server.UseStackExchange. This package is the engine behind the
+// exchanges in stackexchange/redis and stackexchange/nats: it does the
+// neffos side once, for any broker that implements the small Broker
+// contract.
+//
+// # Setup
+//
+//	import "github.com/neffos-contrib/scaleout/stackexchange/redis"
+//
+//	exc, err := redis.NewStackExchange(redis.Config{Addr: "127.0.0.1:6379"}, "MyChatApp")
+//	server.UseStackExchange(exc) // right after server := neffos.New(...)
+//
+// # What it costs
+//
+// A node holds O(1) broker connections whatever its number of clients. It
+// subscribes each namespace's channel once (in Init), one channel of its
+// own (Ask replies) and one channel per distinct connected client id
+// (messages with To, Asks with To). A broadcast is one publish, read once by
+// each node, decoded once, and queued to the node's matching connections;
+// the publishing node serves its own clients directly and ignores its echo.
+//
+// # What holds across nodes
+//
+// Broadcast to a namespace, a room, one connection (Message.To); excluding a
+// *Conn, *NSConn or neffos.Exclude(id) wherever the excluded client is;
+// Message.SetBinary, Message.Err, IsNative messages and any body bytes;
+// Server.Ask with or without To, whose reply comes back on the asking node's
+// channel (no broker connection per Ask) on neffos v0.0.24 and v0.0.25.
+//
+// # Delivery guarantees
+//
+// While the broker is healthy, every matching client gets each message
+// exactly once, in the order each node published them. Across a broker
+// outage delivery is at most once: a node keeps serving its own clients,
+// Publish returns false within Options.PublishTimeout, and cross-node
+// delivery resumes when the broker is back. A client that stops reading
+// loses what does not fit in its queue (Options.QueueSize); nobody else
+// waits for it.
+//
+// # Errors
+//
+// Errors are values (ErrClosed, ErrPublish, ErrConnNotFound, ...) to test
+// with errors.Is. Errors that happen in the background go to
+// Options.ErrorHandler and Options.Logger, and are counted in Stats.
+package scaleout

@@ -1,0 +1,63 @@
+package scaleout_test
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/kataras/neffos"
+	"go.uber.org/goleak"
+
+	"github.com/neffos-contrib/scaleout"
+	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		// neffos v0.0.24's server loop has no exit; v0.0.25's exits on Close.
+		if err := goleak.Find(goleak.IgnoreTopFunction("github.com/kataras/neffos.(*Server).start")); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// TestConformanceMemory runs the suite on the in-process MemoryBroker: the
+// engine's rules hold without any network broker.
+func TestConformanceMemory(t *testing.T) {
+	var mu sync.Mutex
+	brokers := map[string]*scaleout.MemoryBroker{}
+	stackexchangetest.Run(t, func(t testing.TB, channel string) neffos.StackExchange {
+		mu.Lock()
+		defer mu.Unlock()
+		mb := brokers[channel]
+		if mb == nil {
+			mb = scaleout.NewMemoryBroker()
+			brokers[channel] = mb
+		}
+		return scaleout.New(mb.Broker(), scaleout.Options{Prefix: channel})
+	})
+}
+
+func TestCloseIsIdempotentAndStopsCalls(t *testing.T) {
+	exc := scaleout.New(scaleout.NewMemoryBroker().Broker(), scaleout.Options{})
+	if err := exc.Init(neffos.Namespaces{"a": nil}); err != nil {
+		t.Fatal(err)
+	}
+	if err := exc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := exc.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if exc.Publish([]neffos.Message{{Namespace: "a", Event: "e"}}) {
+		t.Error("Publish after Close reported success")
+	}
+	// Close before any use starts nothing.
+	if err := scaleout.New(scaleout.NewMemoryBroker().Broker(), scaleout.Options{}).Close(); err != nil {
+		t.Fatal(err)
+	}
+}
