@@ -649,6 +649,7 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 	fillEnvelope(&env, &msg)
 	_, env.exclude = e.excluded(&msg)
 	local := e.fanout(questionOf(&env, askToken(e.node, id)), env.to, nil, env.exclude)
+	var graceC <-chan time.Time // fires when a probe with uncounted nodes gave up
 	switch {
 	case env.to == "":
 		if _, err := e.publish(e.names.namespace(env.namespace), &env); err != nil && local == 0 {
@@ -669,7 +670,15 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 				return neffos.Message{}, err
 			}
 			// m counts this node too. When the broker cannot count (m < 0)
-			// there is no telling when every node answered: fail at once.
+			// there is no telling when every node answered: a client that
+			// exists but is still being subscribed answers within
+			// SubscribeTimeout, so wait that long at most.
+			if m < 0 {
+				grace := time.NewTimer(e.opts.SubscribeTimeout)
+				defer grace.Stop()
+				graceC = grace.C
+				break
+			}
 			if m <= 1 {
 				return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
 			}
@@ -686,6 +695,8 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 	case r := <-pa.reply:
 		return r, r.Err
 	case <-pa.nowhere:
+		return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
+	case <-graceC:
 		return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
 	case <-ctx.Done():
 		return neffos.Message{}, ctx.Err()

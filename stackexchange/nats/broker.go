@@ -379,12 +379,14 @@ func (b *broker) Subscribers(ctx context.Context, channel string) (int, error) {
 		return 0, err
 	}
 	var sz struct {
-		Total int `json:"total"`
+		Total int               `json:"total"`
+		List  []json.RawMessage `json:"subscriptions_list"`
 	}
-	if err := b.get(ctx, base+"/subsz?subs=1&limit=1&test="+url.QueryEscape(channel), &sz); err != nil {
+	// Older servers (2.9) report in total only what limit let through.
+	if err := b.get(ctx, base+"/subsz?subs=1&limit=100000&test="+url.QueryEscape(channel), &sz); err != nil {
 		return 0, err
 	}
-	return sz.Total, nil
+	return max(sz.Total, len(sz.List)), nil
 }
 
 type connz struct {
