@@ -1,0 +1,24 @@
+package stackexchangetest_test
+
+import (
+	"testing"
+
+	"github.com/kataras/neffos"
+
+	"github.com/neffos-contrib/scaleout"
+	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
+)
+
+// A Factory for exchanges on the in-process MemoryBroker: nodes built with
+// the same channel share one broker. Pass it to Run from a test function:
+// stackexchangetest.Run(t, factory).
+func ExampleFactory() {
+	brokers := map[string]*scaleout.MemoryBroker{}
+	var factory stackexchangetest.Factory = func(t testing.TB, channel string) neffos.StackExchange {
+		if brokers[channel] == nil {
+			brokers[channel] = scaleout.NewMemoryBroker()
+		}
+		return scaleout.New(brokers[channel].Broker(), scaleout.Options{Prefix: channel})
+	}
+	_ = factory
+}
