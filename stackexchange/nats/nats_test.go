@@ -668,3 +668,25 @@ func TestConformance(t *testing.T) {
 		return exc
 	})
 }
+
+// TestDropIn is neffos's own stackexchange/nats usage, unchanged but for
+// the import path: NewStackExchange with nats options, With, SubjectPrefix.
+func TestDropIn(t *testing.T) {
+	url, _ := natsURL(t)
+	opts := natsgo.GetDefaultOptions()
+	opts.Url = url
+	opts.Name = "drop-in"
+	exc, err := nats.NewStackExchange(url, nats.With(opts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exc.SubjectPrefix = "MyChatApp"
+	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"default": neffos.Events{}})
+	if err := server.UseStackExchange(exc); err != nil {
+		t.Fatal(err)
+	}
+	server.Close()
+	if err := exc.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

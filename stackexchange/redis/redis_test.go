@@ -10,6 +10,7 @@ import (
 
 	goredis "github.com/go-redis/redis/v8"
 	"github.com/kataras/neffos"
+	"github.com/kataras/neffos/gorilla"
 	"go.uber.org/goleak"
 
 	"github.com/neffos-contrib/scaleout"
@@ -109,5 +110,30 @@ func TestUserClientIsNotClosed(t *testing.T) {
 	defer cancel()
 	if err := client.Ping(ctx).Err(); err != nil {
 		t.Fatalf("the user's client was closed by the exchange: %v", err)
+	}
+}
+
+// TestDropIn is neffos's own stackexchange/redis usage, unchanged but for
+// the import path: every Config field by name, the constructor, and
+// UseStackExchange.
+func TestDropIn(t *testing.T) {
+	exc, err := redis.NewStackExchange(redis.Config{
+		Network:     "tcp",
+		Addr:        needRedis(t),
+		Clusters:    nil,
+		Password:    "",
+		DialTimeout: 5 * time.Second,
+		MaxActive:   10,
+	}, "MyChatApp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"default": neffos.Events{}})
+	if err := server.UseStackExchange(exc); err != nil {
+		t.Fatal(err)
+	}
+	server.Close()
+	if err := exc.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
