@@ -119,7 +119,7 @@ func New(b Broker, opts Options) *Exchange {
 		opts.SubscribeTimeout = 2 * time.Second
 	}
 	if opts.QueueSize <= 0 {
-		opts.QueueSize = 1024
+		opts.QueueSize = 16384
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
@@ -416,6 +416,9 @@ func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, er
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 	defer cancel()
 	n, err := pub(ctx, channel, encodeEnvelope(env))
+	if err != nil && e.isClosed() {
+		return 0, ErrClosed // the broker went away with Close
+	}
 	if err != nil {
 		e.publishErrors.Add(1)
 		err = fmt.Errorf("%w: %s: %w", ErrPublish, channel, err)

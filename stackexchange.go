@@ -105,7 +105,11 @@ type Options struct {
 	// QueueSize is the number of messages that may wait for one websocket
 	// connection. A connection that does not read fills its queue; further
 	// messages for it are dropped (counted in Stats.Dropped, ErrSlowConsumer
-	// reported) and no other connection waits for it. Default 1024.
+	// reported) and no other connection waits for it. The queue holds
+	// pointers to messages shared by all connections, so a full queue costs
+	// about 8 bytes per message plus the messages themselves. Default 16384:
+	// a burst of that many broadcasts reaches a client that reads at a
+	// normal pace without loss.
 	QueueSize int
 	// ErrorHandler receives asynchronous errors: failed publishes,
 	// subscribes, malformed payloads, slow consumers, broker connection

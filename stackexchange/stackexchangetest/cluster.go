@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +28,9 @@ const (
 	evSilent   = "silent"   // Server.Ask; clients never reply
 	evEmit     = "emit"     // client -> server; server handler counts
 	evEcho     = "echo"     // client -> server; server handler emits back
+	// client Ask -> server; the handler re-broadcasts the message as evMsg
+	// to everyone but the asker, then replies "rebroadcast".
+	evRebroadcast = "rebroadcast"
 )
 
 // node is one neffos server with its own exchange, as a separate machine
@@ -58,8 +63,22 @@ func newCluster(t *testing.T, f Factory, n int, namespaces []string, native bool
 		nd := &node{idx: i}
 		nd.srv = neffos.New(gorilla.DefaultUpgrader, cl.serverHandler(nd))
 		nd.srv.OnConnect = func(c *neffos.Conn) error {
+			if r := c.Socket().Request(); r != nil && r.URL.Query().Has("refuse") {
+				return errRefused
+			}
 			nd.conns.Store(c.ID(), c)
 			return nil
+		}
+		// Set, so that neffos v0.0.24 skips StackExchange.OnDisconnect for
+		// refused connections (the exchange must release them anyway).
+		nd.srv.OnDisconnect = func(*neffos.Conn) {}
+		// A client may choose its connection id (?cid=...), to test
+		// hostile ids.
+		nd.srv.IDGenerator = func(w http.ResponseWriter, r *http.Request) string {
+			if q := r.URL.Query(); q.Has("cid") {
+				return q.Get("cid")
+			}
+			return neffos.DefaultIDGenerator(w, r)
 		}
 		exc := f(t, channel)
 		if exc == nil {
@@ -124,6 +143,11 @@ func (cl *cluster) serverHandler(nd *node) neffos.ConnHandler {
 				c.Emit(evMsg, m.Body)
 				return nil
 			},
+			evRebroadcast: func(c *neffos.NSConn, m neffos.Message) error {
+				m.Event = evMsg
+				c.Conn.Server().Broadcast(c, m)
+				return neffos.Reply([]byte("rebroadcast"))
+			},
 		}
 	}
 	return nss
@@ -160,6 +184,9 @@ type client struct {
 	c      *neffos.Client
 	nsc    map[string]*neffos.NSConn
 	sock   *ackSafeSocket
+	seq    bool
+	next   int // next expected sequence number (seq mode)
+	bad    int // sequence numbers out of order or repeated (seq mode)
 	mu     sync.Mutex
 	got    []received
 	notify chan struct{}
@@ -175,8 +202,20 @@ func (cl *cluster) dial(name string, nodeIdx int, nss ...string) *client {
 	return c
 }
 
+// dialOpts are the less common ways to dial.
+type dialOpts struct {
+	id     string // connection id the server must give the client (?cid=)
+	slow   bool   // tiny socket buffers on both ends; the client can stall
+	refuse bool   // the server's OnConnect refuses the connection
+	seq    bool   // count evMsg bodies as a sequence instead of recording them
+}
+
 func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, error) {
-	c := &client{name: name, node: nodeIdx, nsc: map[string]*neffos.NSConn{}, notify: make(chan struct{}, 1)}
+	return cl.dialWith(name, nodeIdx, dialOpts{}, nss...)
+}
+
+func (cl *cluster) dialWith(name string, nodeIdx int, o dialOpts, nss ...string) (*client, error) {
+	c := &client{name: name, node: nodeIdx, nsc: map[string]*neffos.NSConn{}, notify: make(chan struct{}, 1), seq: o.seq}
 	var handler neffos.ConnHandler
 	if cl.native {
 		handler = neffos.Events{neffos.OnNativeMessage: func(_ *neffos.NSConn, m neffos.Message) error {
@@ -193,6 +232,10 @@ func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, er
 				if m.Event == evQuestion {
 					return neffos.Reply([]byte("answer:" + c.name + ":" + string(m.Body)))
 				}
+				if c.seq && m.Event == evMsg {
+					c.sequence(m.Body)
+					return nil
+				}
 				c.record(m)
 				return nil
 			}}
@@ -202,7 +245,7 @@ func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, er
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dialer := func(ctx context.Context, url string) (neffos.Socket, error) {
-		s, err := ackSafeDial(ctx, url)
+		s, err := ackSafeDial(ctx, url, o.slow)
 		if s != nil {
 			c.sock = s.(*ackSafeSocket)
 		}
@@ -211,7 +254,21 @@ func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, er
 	if cl.native {
 		dialer = gorilla.DefaultDialer // a native-only client sends no ack
 	}
-	nc, err := neffos.Dial(ctx, dialer, cl.nodes[nodeIdx].url, handler)
+	u := cl.nodes[nodeIdx].url
+	q := neturl.Values{}
+	if o.id != "" {
+		q.Set("cid", o.id)
+	}
+	if o.slow {
+		q.Set("slow", "1")
+	}
+	if o.refuse {
+		q.Set("refuse", "1")
+	}
+	if len(q) > 0 {
+		u += "/?" + q.Encode()
+	}
+	nc, err := neffos.Dial(ctx, dialer, u, handler)
 	if err != nil {
 		return nil, err
 	}
@@ -244,6 +301,28 @@ func (c *client) settle() {
 func (c *client) join(ctx context.Context, ns, room string) (*neffos.Room, error) {
 	c.settle()
 	return c.nsc[ns].JoinRoom(ctx, room)
+}
+
+// sequence checks that evMsg bodies arrive as 0, 1, 2, ... exactly once.
+func (c *client) sequence(body []byte) {
+	n, err := strconv.Atoi(string(body))
+	c.mu.Lock()
+	if err != nil || n != c.next {
+		c.bad++
+	} else {
+		c.next++
+	}
+	c.mu.Unlock()
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (c *client) seqState() (next, bad int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.next, c.bad
 }
 
 func (c *client) record(m neffos.Message) {
@@ -351,4 +430,7 @@ func watchdog(t *testing.T, d time.Duration) {
 
 func equalBytes(a, b []byte) bool { return bytes.Equal(a, b) }
 
-var errBoom = errors.New("boom; ünïcødé error")
+var (
+	errBoom    = errors.New("boom; ünïcødé error")
+	errRefused = errors.New("refused by the server's OnConnect")
+)

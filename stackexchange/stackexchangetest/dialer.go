@@ -2,11 +2,13 @@ package stackexchangetest
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/kataras/neffos"
 	"github.com/kataras/neffos/gorilla"
 )
@@ -18,13 +20,30 @@ import (
 // after the reader has handled the server's answer (the reader asks for its
 // second frame), so Dial's wait finds the connection ready. neffos v0.0.25
 // fixed waiterOnce; the wrapper is harmless there.
-func ackSafeDial(ctx context.Context, url string) (neffos.Socket, error) {
-	s, err := gorilla.DefaultDialer(ctx, url)
+func ackSafeDial(ctx context.Context, url string, slow bool) (neffos.Socket, error) {
+	dial := gorilla.DefaultDialer
+	if slow {
+		dial = slowDialer
+	}
+	s, err := dial(ctx, url)
 	if err != nil {
 		return nil, err
 	}
-	return &ackSafeSocket{Socket: s, handled: make(chan struct{})}, nil
+	return &ackSafeSocket{Socket: s, handled: make(chan struct{}), resume: make(chan struct{})}, nil
 }
+
+// slowDialer dials with a 4 KiB socket receive buffer, so that a client
+// that stops reading pushes back on the server quickly.
+var slowDialer = gorilla.Dialer(&websocket.Dialer{
+	HandshakeTimeout: 10 * time.Second,
+	NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(4 << 10)
+		}
+		return c, err
+	},
+}, nil)
 
 type ackSafeSocket struct {
 	neffos.Socket
@@ -33,13 +52,23 @@ type ackSafeSocket struct {
 	wrote   atomic.Bool
 	once    sync.Once
 	handled chan struct{}
+	stalled atomic.Bool   // the client stopped reading
+	resume  chan struct{} // closed to read again
+	resumed sync.Once
 }
+
+// stall makes the client stop reading its socket until unstall.
+func (s *ackSafeSocket) stall()   { s.stalled.Store(true) }
+func (s *ackSafeSocket) unstall() { s.resumed.Do(func() { close(s.resume) }) }
 
 func (s *ackSafeSocket) release() { s.once.Do(func() { close(s.handled) }) }
 
 func (s *ackSafeSocket) ReadData(timeout time.Duration) ([]byte, neffos.MessageType, error) {
 	if s.reads.Add(1) == 2 {
 		s.release() // the first frame, the server's answer, was handled.
+	}
+	if s.stalled.Load() {
+		<-s.resume
 	}
 	b, typ, err := s.Socket.ReadData(timeout)
 	s.done.Add(1)
@@ -98,7 +127,11 @@ func (s *readyAfterUpgrade) ReadData(timeout time.Duration) ([]byte, neffos.Mess
 func serveNeffos(srv *neffos.Server) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var s *readyAfterUpgrade
+		slow := r.URL.Query().Has("slow")
 		_, _ = srv.Upgrade(w, r, func(sock neffos.Socket) neffos.Socket {
+			if tc, ok := sock.NetConn().(*net.TCPConn); ok && slow {
+				_ = tc.SetWriteBuffer(4 << 10)
+			}
 			s = &readyAfterUpgrade{Socket: sock, ready: make(chan struct{})}
 			return s
 		}, nil)
@@ -106,4 +139,22 @@ func serveNeffos(srv *neffos.Server) http.Handler {
 			close(s.ready)
 		}
 	})
+}
+
+// NetConn returns the connection with a Close that also releases the
+// client's first write: a refused handshake ends with the reader closing the
+// connection instead of reading a second frame.
+func (s *ackSafeSocket) NetConn() net.Conn {
+	return &releaseOnClose{Conn: s.Socket.NetConn(), release: s.release}
+}
+
+type releaseOnClose struct {
+	net.Conn
+	release func()
+}
+
+func (c *releaseOnClose) Close() error {
+	err := c.Conn.Close()
+	c.release()
+	return err
 }

@@ -32,45 +32,72 @@ const ns = "chat"
 // named subtest; a rule that hangs panics with every goroutine's stack
 // after a minute instead of hanging the run.
 //
+// Two heavy rules (a stalled client among 100 readers of 10,000
+// broadcasts; 20,000 connect/disconnect cycles) are skipped with -short.
+//
 // When the exchanges implement scaleout.Inspector (the broker reports what
 // its server counts) the suite also checks the O(1)-per-node rule; when they
 // implement Stats() scaleout.Stats it checks that disconnects release
 // everything.
 func Run(t *testing.T, f Factory) {
 	rules := []struct {
-		name string
-		fn   func(*testing.T, Factory)
+		name    string
+		fn      func(*testing.T, Factory)
+		timeout time.Duration // default one minute
 	}{
-		{"Broadcast/Namespace", testBroadcastNamespace},
-		{"Broadcast/Room", testBroadcastRoom},
-		{"Broadcast/To", testBroadcastTo},
-		{"Broadcast/ExcludeConn", testExcludeConn},
-		{"Broadcast/ExcludeNSConn", testExcludeNSConn},
-		{"Broadcast/ExcludeID/FromOwnNode", func(t *testing.T, f Factory) { testExcludeID(t, f, true) }},
-		{"Broadcast/ExcludeID/FromOtherNode", func(t *testing.T, f Factory) { testExcludeID(t, f, false) }},
-		{"Broadcast/ConcurrentFromAllNodes", testConcurrent},
-		{"Message/Binary", testBinary},
-		{"Message/Err", testErr},
-		{"Message/AnyBytes", testAnyBytes},
-		{"Message/Native", testNative},
-		{"Names/SemicolonUnicodeSpaces", testNames},
-		{"Ask/To/OtherNode", func(t *testing.T, f Factory) { testAskTo(t, f, false) }},
-		{"Ask/To/SameNode", func(t *testing.T, f Factory) { testAskTo(t, f, true) }},
-		{"Ask/NoTo/FirstReplyWins", testAskFirstReply},
-		{"Ask/Deadline", testAskDeadline},
-		{"Ask/ToNowhere/FailsFast", testAskNowhere},
-		{"Ask/Concurrent/NoBrokerConnPerAsk", testAskConcurrent},
-		{"Emit/ClientToServer", testEmitClientToServer},
-		{"Emit/ServerToClient", testEmitServerToClient},
-		{"Disconnect/ReleasesResources", testRelease},
-		{"SubscribeAfterReply/FreshClients", testFreshClients},
-		{"Scale/BrokerConnsPerNode", testScale},
+		{"Broadcast/Namespace", testBroadcastNamespace, 0},
+		{"Broadcast/Room", testBroadcastRoom, 0},
+		{"Broadcast/To", testBroadcastTo, 0},
+		{"Broadcast/ExcludeConn", testExcludeConn, 0},
+		{"Broadcast/ExcludeNSConn", testExcludeNSConn, 0},
+		{"Broadcast/ExcludeID/FromOwnNode", func(t *testing.T, f Factory) { testExcludeID(t, f, true) }, 0},
+		{"Broadcast/ExcludeID/FromOtherNode", func(t *testing.T, f Factory) { testExcludeID(t, f, false) }, 0},
+		{"Broadcast/ConcurrentFromAllNodes", testConcurrent, 0},
+		{"Message/Binary", testBinary, 0},
+		{"Message/Err", testErr, 0},
+		{"Message/AnyBytes", testAnyBytes, 0},
+		{"Message/Native", testNative, 0},
+		{"Names/SemicolonUnicodeSpaces", testNames, 0},
+		{"Ask/To/OtherNode", func(t *testing.T, f Factory) { testAskTo(t, f, false) }, 0},
+		{"Ask/To/SameNode", func(t *testing.T, f Factory) { testAskTo(t, f, true) }, 0},
+		{"Ask/NoTo/FirstReplyWins", testAskFirstReply, 0},
+		{"Ask/Deadline", testAskDeadline, 0},
+		{"Ask/ToNowhere/FailsFast", testAskNowhere, 0},
+		{"Ask/Concurrent/NoBrokerConnPerAsk", testAskConcurrent, 0},
+		{"Emit/ClientToServer", testEmitClientToServer, 0},
+		{"Emit/ServerToClient", testEmitServerToClient, 0},
+		{"Disconnect/ReleasesResources", testRelease, 0},
+		{"SubscribeAfterReply/FreshClients", testFreshClients, 0},
+		{"Scale/BrokerConnsPerNode", testScale, 0},
+		{"Hostile/NamespaceNames", testHostileNamespaces, 0},
+		{"Hostile/RoomNames", testHostileRooms, 0},
+		{"Hostile/ConnectionIDs", testHostileIDs, 0},
+		{"Hostile/NeffosPanicPaths", testNeffosPanics, 0},
+		{"Reliability/RefusedByOnConnect/Released", testRefusedReleased, 0},
+		{"Reliability/SlowClient/OthersUnaffected", heavy(testSlowClient), 3 * time.Minute},
+		{"Reliability/Churn20000/BackToBaseline", heavy(testChurn), 4 * time.Minute},
+		{"Close/MidAsk", testCloseMidAsk, 0},
 	}
 	for _, r := range rules {
 		t.Run(r.name, func(t *testing.T) {
-			watchdog(t, time.Minute)
+			d := r.timeout
+			if d == 0 {
+				d = time.Minute
+			}
+			watchdog(t, d)
 			r.fn(t, f)
 		})
+	}
+}
+
+// heavy marks a rule that moves a million messages or twenty thousand
+// connections: it is skipped with -short.
+func heavy(fn func(*testing.T, Factory)) func(*testing.T, Factory) {
+	return func(t *testing.T, f Factory) {
+		if testing.Short() {
+			t.Skip("heavy rule: runs without -short")
+		}
+		fn(t, f)
 	}
 }
 
