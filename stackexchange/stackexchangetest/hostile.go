@@ -202,7 +202,8 @@ func waitBaseline(t *testing.T, cl *cluster, base []scaleout.Stats, what string)
 
 // testSlowClient: one client stops reading while 100 others receive 10,000
 // broadcasts from another node. The others get every message, in order,
-// once; then 40,000 more messages go to the stalled client alone: what its
+// once; then 25,000 more messages (more than the default queue of 16,384)
+// go to the stalled client alone: what its
 // queue cannot hold is dropped and counted, and memory stays bounded.
 func testSlowClient(t *testing.T, f Factory) {
 	cl := newCluster(t, f, Nodes, []string{ns}, false)
@@ -239,7 +240,7 @@ func testSlowClient(t *testing.T, f Factory) {
 		}
 	}
 	// Then far more than any sane queue holds, for the stalled client only.
-	const extra = 40000
+	const extra = 25000
 	for i := 0; i < extra; i++ {
 		cl.nodes[1].srv.Broadcast(nil, neffos.Message{Namespace: ns, To: slow.id, Event: evMsg, Body: []byte("x")})
 	}
