@@ -138,13 +138,15 @@ func New(b Broker, opts Options) *Exchange {
 	}
 }
 
-// SetPrefix changes Options.Prefix. It fails once the engine started (after
-// neffos's first call into it).
+// SetPrefix sets Options.Prefix and starts the engine with it, for adapters
+// whose prefix may change after construction (nats's SubjectPrefix). Once
+// the engine started (neffos's first call into it, or SetPrefix) it returns
+// an error wrapping ErrStarted.
 func (e *Exchange) SetPrefix(prefix string) error {
 	started := true
 	e.startOnce.Do(func() { started = false })
 	if started {
-		return fmt.Errorf("scaleout: SetPrefix after start")
+		return fmt.Errorf("%w: SetPrefix(%q)", ErrStarted, prefix)
 	}
 	// startOnce is spent: start for real now with the new prefix.
 	if prefix == "" {

@@ -31,7 +31,10 @@ var (
 	// and a message for it is dropped. It is reported once per episode: the
 	// next report for the same connection comes after its queue drained.
 	ErrSlowConsumer = errors.New("scaleout: connection queue full, message dropped")
-	// ErrBrokerUnavailable wraps the failure to reach a broker when an
-	// exchange is constructed.
+	// ErrBrokerUnavailable wraps the failure to reach a broker: when an
+	// exchange is constructed (returned), and when an established broker
+	// connection is lost (reported to Options.ErrorHandler).
 	ErrBrokerUnavailable = errors.New("scaleout: broker unavailable")
+	// ErrStarted is returned by Exchange.SetPrefix once the engine started.
+	ErrStarted = errors.New("scaleout: already started")
 )
