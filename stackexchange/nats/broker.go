@@ -283,8 +283,25 @@ func (b *broker) PublishCounted(ctx context.Context, channel string, payload []b
 	if b.closing.Load() {
 		return 0, scaleout.ErrClosed
 	}
+	if !b.nc.IsConnected() {
+		// As Publish: fail at once. A request made while nats.go reconnects
+		// would wait in its reconnect buffer until ctx is done and then
+		// count as published (-1).
+		return 0, fmt.Errorf("scaleout/nats: %w (status %v)", nats.ErrDisconnected, b.nc.Status())
+	}
 	if limit := b.nc.MaxPayload(); limit > 0 && int64(len(payload)) > limit {
 		return 0, fmt.Errorf("%w: %d bytes, max_payload %d", ErrPayloadTooLarge, len(payload), limit)
+	}
+	// After ctx is done nats.go takes the connection's lock once more,
+	// which a socket write in progress holds for up to FlusherTimeout:
+	// keep that much of the caller's time for it, so the call still
+	// returns by the caller's deadline when the server stopped reading.
+	if dl, ok := ctx.Deadline(); ok {
+		if ft := b.nc.Opts.FlusherTimeout; ft > 0 && time.Until(dl) > ft {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, dl.Add(-ft))
+			defer cancel()
+		}
 	}
 	_, err := b.nc.RequestWithContext(ctx, channel, payload)
 	switch {

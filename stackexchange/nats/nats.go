@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/kataras/neffos"
 	"github.com/nats-io/nats.go"
@@ -20,6 +21,10 @@ import (
 // Options.ErrorHandler; nothing else is disturbed (the connection stays up,
 // the node's own clients still get the message).
 var ErrPayloadTooLarge = errors.New("scaleout/nats: payload exceeds server max_payload")
+
+// flusherTimeout is NewStackExchange's nats.Options.FlusherTimeout: half
+// the engine's default PublishTimeout (see NewStackExchange).
+const flusherTimeout = time.Second
 
 // defaultPrefix is the subject prefix of neffos's own stackexchange/nats.
 const defaultPrefix = "neffos"
@@ -61,8 +66,9 @@ var _ scaleout.StackExchange = (*StackExchange)(nil)
 
 // With returns a nats.Option that replaces every option with options: pass
 // it to NewStackExchange to configure the connection through struct fields.
-// It replaces NoEcho and MaxReconnects too, so NewStackExchange's defaults
-// (NoEcho, reconnect forever) do not apply; options.Url, when set, is still
+// It replaces NoEcho, MaxReconnects and FlusherTimeout too, so
+// NewStackExchange's defaults (NoEcho, reconnect forever, 1s write
+// timeout) do not apply; options.Url, when set, is still
 // split into Servers.
 func With(options nats.Options) nats.Option {
 	return func(opts *nats.Options) error {
@@ -73,8 +79,17 @@ func With(options nats.Options) nats.Option {
 
 // NewStackExchange connects to NATS and returns a new exchange. url is a
 // NATS URL or a comma-separated list of them ("" means nats.DefaultURL);
-// options are applied in order over nats.GetDefaultOptions() with NoEcho set
-// and MaxReconnects -1 (reconnect forever).
+// options are applied in order over nats.GetDefaultOptions() with NoEcho set,
+// MaxReconnects -1 (reconnect forever) and FlusherTimeout 1s.
+//
+// FlusherTimeout bounds every socket write of the connection. nats.go
+// writes while holding the connection's lock, and a publish that fills its
+// buffer writes itself; with nats.go's default (1m) a broker that stops
+// reading (a paused or overloaded server, a stalled network) blocks every
+// Publish, and so neffos's Broadcast, for up to a minute. At 1s a Publish
+// waits at most for one write already in progress plus its own, which
+// keeps it within the engine's PublishTimeout (2s); a write that times out
+// closes the connection and nats.go reconnects.
 //
 // It opens exactly one connection, named "scaleout-<random>" unless
 // options set a Name, and returns an error wrapping
@@ -94,6 +109,7 @@ func NewStackExchange(url string, options ...nats.Option) (*StackExchange, error
 	opts.Url = url
 	opts.NoEcho = true
 	opts.MaxReconnect = -1
+	opts.FlusherTimeout = flusherTimeout
 	for _, opt := range options {
 		if opt == nil {
 			continue
