@@ -61,6 +61,8 @@ type Exchange struct {
 	subQ  []string      // channels whose subscription must be brought in line with refs
 	subCh chan struct{} // wakes the subscriber goroutine
 
+	present sync.Map // client channel -> time.Time until which it is known subscribed
+
 	askMu  sync.Mutex
 	asks   map[uint64]*pendingAsk
 	askSeq atomic.Uint64
@@ -103,6 +105,13 @@ type peer struct {
 }
 
 const sweepInterval = time.Second
+
+// presenceTTL is how long a client channel that had a subscriber is
+// published to without counting receivers again (brokers where counting
+// costs a round trip: NATS). A client that just connected is not in the
+// cache, so its first messages still take the counted path and its
+// fallback.
+const presenceTTL = 5 * time.Second
 
 // New returns an engine on top of b. It starts b and subscribes lazily, on
 // the first call neffos makes (Init, OnConnect, Publish or Ask), so adapters
@@ -392,7 +401,14 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 		_, err := e.publish(e.names.namespace(env.namespace), &env)
 		return err == nil
 	}
-	n, err := e.publishCounted(e.names.conn(env.to), &env)
+	channel := e.names.conn(env.to)
+	var n int
+	var err error
+	if e.recentlyPresent(channel) {
+		n, err = e.publish(channel, &env) // no need to count: it has a subscriber
+	} else if n, err = e.publishCounted(channel, &env); err == nil && n > 0 && e.counting() {
+		e.present.Store(channel, time.Now().Add(presenceTTL))
+	}
 	if err == nil && n == 0 {
 		// No node has subscribed the id's channel (yet): every node reads
 		// the namespace's channel and picks the client by id.
@@ -429,6 +445,21 @@ func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, er
 	}
 	e.published.Add(1)
 	return n, nil
+}
+
+// counting reports whether the broker counts receivers only on request
+// (CountingPublisher), at a cost.
+func (e *Exchange) counting() bool {
+	_, ok := e.b.(CountingPublisher)
+	return ok
+}
+
+func (e *Exchange) recentlyPresent(channel string) bool {
+	if !e.counting() {
+		return false // Publish counts by itself
+	}
+	v, ok := e.present.Load(channel)
+	return ok && time.Now().Before(v.(time.Time))
 }
 
 // excluded resolves who a broadcast must skip: the exact local connection
@@ -999,6 +1030,13 @@ func (e *Exchange) sweeper() {
 		for _, c := range gone {
 			e.OnDisconnect(c)
 		}
+		now := time.Now()
+		e.present.Range(func(k, v any) bool {
+			if now.After(v.(time.Time)) {
+				e.present.Delete(k)
+			}
+			return true
+		})
 	}
 }
 
