@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kataras/neffos"
+	"github.com/kataras/neffos/gorilla"
+	nnats "github.com/kataras/neffos/stackexchange/nats"
+	nredis "github.com/kataras/neffos/stackexchange/redis"
+
+	"github.com/neffos-contrib/scaleout"
+	snats "github.com/neffos-contrib/scaleout/stackexchange/nats"
+	sredis "github.com/neffos-contrib/scaleout/stackexchange/redis"
+)
+
+const (
+	nsBench = "bench" // the N clients
+	nsChurn = "churn" // fresh clients of the churn scenario
+	room    = "r"     // every 4th client joins it
+	evAsk   = "ask"   // Server.Ask; clients reply with the body
+)
+
+// exchanges, in report order.
+var allExchanges = []string{"none", "none-async", "redis-builtin", "nats-builtin", "redis", "nats", "memory"}
+
+var defaultExchanges = []string{"none", "none-async", "redis-builtin", "nats-builtin", "redis", "nats"}
+
+func needsRedis(name string) bool { return name == "redis" || name == "redis-builtin" }
+func needsNATS(name string) bool  { return name == "nats" || name == "nats-builtin" }
+
+// node is one neffos server with its own exchange instance, as a separate
+// machine would have.
+type node struct {
+	idx   int
+	srv   *neffos.Server
+	exc   neffos.StackExchange
+	hs    *http.Server
+	url   string
+	conns sync.Map // conn id -> *neffos.Conn
+}
+
+type cluster struct {
+	exchange string
+	nodes    []*node
+	broker   *proc
+	mem      *scaleout.MemoryBroker
+	clients  []*client // index = client idx; nil when its dial failed
+}
+
+func newExchange(name string, b *proc, mem *scaleout.MemoryBroker, prefix string) (neffos.StackExchange, error) {
+	switch name {
+	case "none", "none-async":
+		return nil, nil
+	case "redis-builtin":
+		e, err := nredis.NewStackExchange(nredis.Config{Addr: b.addr}, prefix)
+		if err != nil {
+			return nil, err
+		}
+		return e, nil
+	case "nats-builtin":
+		e, err := nnats.NewStackExchange("nats://" + b.addr)
+		if err != nil {
+			return nil, err
+		}
+		e.SubjectPrefix = prefix
+		return e, nil
+	case "redis":
+		e, err := sredis.NewStackExchange(sredis.Config{Addr: b.addr}, prefix)
+		if err != nil {
+			return nil, err
+		}
+		return e, nil
+	case "nats":
+		e, err := snats.NewStackExchange("nats://" + b.addr)
+		if err != nil {
+			return nil, err
+		}
+		e.SubjectPrefix = prefix
+		e.MonitorURL = b.mon
+		return e, nil
+	case "memory":
+		return scaleout.New(mem.Broker(), scaleout.Options{Prefix: prefix}), nil
+	}
+	return nil, fmt.Errorf("unknown exchange %q", name)
+}
+
+// startCluster starts k nodes (1 for "none") on loopback.
+func startCluster(name string, k int, b *proc) (*cluster, error) {
+	if name == "none" || name == "none-async" {
+		k = 1
+	}
+	cl := &cluster{exchange: name, broker: b}
+	if name == "memory" {
+		cl.mem = scaleout.NewMemoryBroker()
+	}
+	prefix := fmt.Sprintf("bench%d", time.Now().UnixNano()%1e9)
+	for i := 0; i < k; i++ {
+		nd := &node{idx: i}
+		nd.srv = neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{nsBench: neffos.Events{}, nsChurn: neffos.Events{}})
+		if name == "none" {
+			// neffos's default async broadcaster coalesces broadcasts sent
+			// in quick succession (each connection's waiter reads only the
+			// latest batch), so a burst loses messages. The synchronous one
+			// delivers each exactly once: the honest reference.
+			nd.srv.SyncBroadcaster = true
+		}
+		nd.srv.OnConnect = func(c *neffos.Conn) error {
+			nd.conns.Store(c.ID(), c)
+			return nil
+		}
+		nd.srv.OnDisconnect = func(c *neffos.Conn) { nd.conns.Delete(c.ID()) }
+		exc, err := newExchange(name, b, cl.mem, prefix)
+		if err != nil {
+			cl.close()
+			return nil, fmt.Errorf("node %d: %s: %w", i, name, err)
+		}
+		if exc != nil {
+			nd.exc = exc
+			if err := nd.srv.UseStackExchange(exc); err != nil {
+				cl.close()
+				return nil, fmt.Errorf("node %d: UseStackExchange: %w", i, err)
+			}
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			cl.close()
+			return nil, err
+		}
+		nd.url = "ws://" + ln.Addr().String()
+		nd.hs = &http.Server{Handler: serveNeffos(nd.srv), ReadHeaderTimeout: 10 * time.Second}
+		go nd.hs.Serve(ln)
+		cl.nodes = append(cl.nodes, nd)
+	}
+	return cl, nil
+}
+
+func (cl *cluster) close() {
+	for _, c := range cl.clients {
+		if c != nil {
+			c.nc.Close()
+		}
+	}
+	for _, nd := range cl.nodes {
+		nd.srv.Close()
+	}
+	for _, nd := range cl.nodes {
+		if c, ok := nd.exc.(interface{ Close() error }); ok {
+			_ = c.Close()
+		}
+		if nd.hs != nil {
+			_ = nd.hs.Close()
+		}
+	}
+}
+
+// serverConns is the number of websocket connections over all nodes.
+func (cl *cluster) serverConns() uint64 {
+	var n uint64
+	for _, nd := range cl.nodes {
+		n += nd.srv.GetTotalConnections()
+	}
+	return n
+}
+
+// brokerCount asks the broker server of this cluster.
+func (cl *cluster) brokerCount() (brokerCount, error) {
+	switch {
+	case cl.broker == nil:
+		return brokerCount{}, nil
+	case cl.broker.kind == "redis":
+		return redisCount(cl.broker.addr)
+	default:
+		return natsCount(cl.broker.mon)
+	}
+}
+
+// inspectorConns sums scaleout.Inspector.BrokerConns over the nodes (ours
+// only), to cross-check the server's count.
+func (cl *cluster) inspectorConns() (int, bool) {
+	total := 0
+	for _, nd := range cl.nodes {
+		in, ok := nd.exc.(scaleout.Inspector)
+		if !ok {
+			return 0, false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		n, err := in.BrokerConns(ctx)
+		cancel()
+		if err != nil {
+			return 0, false
+		}
+		total += n
+	}
+	return total, true
+}
+
+// ---------------------------------------------------------------- clients
+
+// tally counts the deliveries of one scenario: each (client, message)
+// pair once. Clients record into it from their reader goroutines.
+type tally struct {
+	event  string
+	n      int            // messages
+	counts []atomic.Int32 // client idx * n + seq
+	total  atomic.Int64
+	last   atomic.Int64 // unix nanos of the latest delivery
+	bad    atomic.Int64 // unparsable bodies
+	lat    bool
+}
+
+var current atomic.Pointer[tally]
+
+// client is a real neffos Go client over a real websocket.
+type client struct {
+	idx  int
+	node int
+	id   string
+	nc   *neffos.Client
+	nsc  *neffos.NSConn
+	sock *ackSafeSocket
+
+	mu  sync.Mutex
+	lat []int64 // latencies in ns of the current scenario (when tally.lat)
+}
+
+// body is "<seq>,<unix nanos>".
+func body(seq int, now time.Time) []byte {
+	b := strconv.AppendInt(make([]byte, 0, 32), int64(seq), 10)
+	b = append(b, ',')
+	return strconv.AppendInt(b, now.UnixNano(), 10)
+}
+
+func parseBody(b []byte) (seq int, ts int64, ok bool) {
+	i := 0
+	for ; i < len(b) && b[i] != ','; i++ {
+		if b[i] < '0' || b[i] > '9' {
+			return 0, 0, false
+		}
+		seq = seq*10 + int(b[i]-'0')
+	}
+	if i == 0 || i == len(b) {
+		return 0, 0, false
+	}
+	for _, c := range b[i+1:] {
+		if c < '0' || c > '9' {
+			return 0, 0, false
+		}
+		ts = ts*10 + int64(c-'0')
+	}
+	return seq, ts, true
+}
+
+func (c *client) record(m neffos.Message) {
+	t := current.Load()
+	if t == nil || m.Event != t.event {
+		return
+	}
+	seq, ts, ok := parseBody(m.Body)
+	if !ok || seq >= t.n {
+		t.bad.Add(1)
+		return
+	}
+	now := time.Now().UnixNano()
+	t.counts[c.idx*t.n+seq].Add(1)
+	t.total.Add(1)
+	t.last.Store(now)
+	if t.lat {
+		c.mu.Lock()
+		c.lat = append(c.lat, now-ts)
+		c.mu.Unlock()
+	}
+}
+
+func (c *client) handler(onMsg func(neffos.Message)) neffos.Namespaces {
+	ev := neffos.Events{neffos.OnAnyEvent: func(_ *neffos.NSConn, m neffos.Message) error {
+		if neffos.IsSystemEvent(m.Event) {
+			return nil
+		}
+		if m.Event == evAsk {
+			return neffos.Reply(m.Body)
+		}
+		onMsg(m)
+		return nil
+	}}
+	return neffos.Namespaces{nsBench: ev, nsChurn: ev}
+}
+
+// dial connects a client to url and to namespace ns, bounded by d.
+func dial(url, ns string, d time.Duration, c *client, onMsg func(neffos.Message)) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	dialer := func(ctx context.Context, url string) (neffos.Socket, error) {
+		s, err := ackSafeDial(ctx, url)
+		if s != nil {
+			c.sock = s.(*ackSafeSocket)
+		}
+		return s, err
+	}
+	nc, err := neffos.Dial(ctx, dialer, url, c.handler(onMsg))
+	if err != nil {
+		return err
+	}
+	c.nc, c.id = nc, nc.ID
+	c.sock.settle()
+	nsc, err := nc.Connect(ctx, ns)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("connect %q: %w", ns, err)
+	}
+	if nsc == nil {
+		nc.Close()
+		return errors.New("connect returned no namespace connection")
+	}
+	c.nsc = nsc
+	return nil
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the exchange comparison (see main.go) and writes results.md,
+# results.jsonl and plot.png.
+#
+#   bash _benchmarks/run.sh                 # neffos from go.mod (v0.0.24) -> results/
+#   bash _benchmarks/run.sh next            # neffos v0.0.25 on Go 1.27 (GOTOOLCHAIN=go1.27.3) -> results/neffos-v0.0.25/
+#   bash _benchmarks/run.sh both            # one after the other
+#   bash _benchmarks/run.sh current -n 300 -exchanges none,redis   # any flag of the command after the mode
+#
+# "next" works on a temporary copy of go.mod/go.sum and restores them
+# afterwards, whatever happens. The command starts its own redis-server and
+# nats-server processes on free loopback ports and stops them by PID; it
+# never touches brokers on 6379/4222.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+
+mode="${1:-current}"
+[[ $# -gt 0 ]] && shift
+
+run_current() {
+	go run . "$@"
+}
+
+run_next() {
+	local saved
+	saved="$(mktemp -d "${TMPDIR:-/tmp}/scaleout-bench-gomod.XXXXXX")"
+	cp go.mod go.sum "$saved/"
+	# shellcheck disable=SC2064
+	trap "cp '$saved/go.mod' '$saved/go.sum' . && rm -rf '$saved'" EXIT
+	export GOTOOLCHAIN=go1.27.3
+	go get github.com/kataras/neffos@v0.0.25
+	go mod tidy
+	mkdir -p results/neffos-v0.0.25
+	go run . -out results/neffos-v0.0.25 "$@"
+}
+
+case "$mode" in
+current) run_current "$@" ;;
+next) run_next "$@" ;;
+both)
+	run_current "$@"
+	run_next "$@"
+	;;
+*)
+	echo "usage: $0 [current|next|both] [flags...]" >&2
+	exit 2
+	;;
+esac
