@@ -63,6 +63,10 @@ type Exchange struct {
 
 	present sync.Map // client channel -> time.Time until which it is known subscribed
 
+	jobMu sync.Mutex
+	jobs  []fanoutJob   // local deliveries waiting for the dispatcher
+	jobCh chan struct{} // wakes the dispatcher
+
 	askMu  sync.Mutex
 	asks   map[uint64]*pendingAsk
 	askSeq atomic.Uint64
@@ -142,6 +146,7 @@ func New(b Broker, opts Options) *Exchange {
 		byPtr: make(map[string]*peer),
 		subs:  make(map[string]*subState),
 		subCh: make(chan struct{}, 1),
+		jobCh: make(chan struct{}, 1),
 		asks:  make(map[uint64]*pendingAsk),
 		done:  make(chan struct{}),
 	}
@@ -188,9 +193,10 @@ func (e *Exchange) doStart() error {
 	if err := e.b.Start(e.deliver, e.report); err != nil {
 		return err
 	}
-	e.bg.Add(2)
+	e.bg.Add(3)
 	go e.subscriber()
 	go e.sweeper()
+	go e.dispatcher()
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
 	e.acquire(ctx, e.names.node(e.node), true)
@@ -395,7 +401,7 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 	env.exclude = exclID
 
 	local := messageOf(&env)
-	e.fanout(local, env.to, exclConn, fromOf(m))
+	e.dispatch(fanoutJob{m: local, to: env.to, exclConn: exclConn, exclID: fromOf(m)})
 
 	if env.to == "" {
 		_, err := e.publish(e.names.namespace(env.namespace), &env)
@@ -490,6 +496,59 @@ func (e *Exchange) excluded(m *neffos.Message) (*neffos.Conn, string) {
 		}
 	}
 	return nil, ""
+}
+
+// fanoutJob is one message for this node's connections.
+type fanoutJob struct {
+	m        *neffos.Message
+	to       string
+	exclConn *neffos.Conn
+	exclID   string
+	notHere  string // when nobody here gets it: node to tell (an ask probe)
+	askID    uint64
+}
+
+// dispatch hands j to the dispatcher goroutine and returns at once.
+// Publish may be called by a neffos event handler that holds a
+// connection's lock (OnNamespaceDisconnect, OnRoomLeft); fan-out asks every
+// connection for its namespaces and rooms, so it must not run on the
+// caller's goroutine, nor on the broker's receive loop.
+func (e *Exchange) dispatch(j fanoutJob) {
+	e.jobMu.Lock()
+	e.jobs = append(e.jobs, j)
+	e.jobMu.Unlock()
+	select {
+	case e.jobCh <- struct{}{}:
+	default:
+	}
+}
+
+// dispatcher runs every local fan-out of this node, in arrival order.
+func (e *Exchange) dispatcher() {
+	defer e.bg.Done()
+	var batch []fanoutJob
+	for {
+		select {
+		case <-e.done:
+			return
+		case <-e.jobCh:
+		}
+		for {
+			e.jobMu.Lock()
+			batch, e.jobs = e.jobs, batch[:0]
+			e.jobMu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			for i, j := range batch {
+				n := e.fanout(j.m, j.to, j.exclConn, j.exclID)
+				if n == 0 && j.notHere != "" {
+					e.goPublish(e.names.node(j.notHere), &envelope{kind: kindNotHere, origin: e.node, id: j.askID})
+				}
+				batch[i] = fanoutJob{}
+			}
+		}
+	}
 }
 
 // fanout queues m to every local connection that should get it. It never
@@ -618,13 +677,13 @@ func (e *Exchange) deliver(channel string, payload []byte) {
 	}
 	switch env.kind {
 	case kindBroadcast:
-		e.fanout(messageOf(&env), env.to, nil, env.exclude)
+		e.dispatch(fanoutJob{m: messageOf(&env), to: env.to, exclID: env.exclude})
 	case kindAsk:
-		q := questionOf(&env, askToken(env.origin, env.id))
-		n := e.fanout(q, env.to, nil, env.exclude)
-		if n == 0 && env.flags&flagProbe != 0 {
-			e.goPublish(e.names.node(env.origin), &envelope{kind: kindNotHere, origin: e.node, id: env.id})
+		j := fanoutJob{m: questionOf(&env, askToken(env.origin, env.id)), to: env.to, exclID: env.exclude}
+		if env.flags&flagProbe != 0 {
+			j.notHere, j.askID = env.origin, env.id
 		}
+		e.dispatch(j)
 	case kindReply:
 		e.complete(env.id, *messageOf(&env))
 	case kindNotHere:
@@ -684,7 +743,13 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 	env := envelope{kind: kindAsk, origin: e.node, id: id}
 	fillEnvelope(&env, &msg)
 	_, env.exclude = e.excluded(&msg)
-	local := e.fanout(questionOf(&env, askToken(e.node, id)), env.to, nil, env.exclude)
+	local := 0
+	if env.to != "" {
+		e.mu.RLock()
+		local = len(e.byID[env.to])
+		e.mu.RUnlock()
+	}
+	e.dispatch(fanoutJob{m: questionOf(&env, askToken(e.node, id)), to: env.to, exclID: env.exclude})
 	var graceC <-chan time.Time // fires when a probe with uncounted nodes gave up
 	switch {
 	case env.to == "":

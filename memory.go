@@ -11,8 +11,8 @@ import (
 // multi-node setup; it is not a stand-in for Redis or NATS in their tests.
 //
 // Publish delivers synchronously, in publish order, to every subscribed
-// node; the engine's receive path never blocks on a websocket client, so a
-// publish costs O(nodes) plus each node's local queueing.
+// node; the engine's receive path only decodes and queues, so a publish
+// costs O(nodes).
 type MemoryBroker struct {
 	mu   sync.RWMutex
 	subs map[string]map[*memoryNode]struct{}
@@ -31,6 +31,9 @@ type memoryNode struct {
 	mb      *MemoryBroker
 	deliver func(string, []byte)
 	closed  bool // guarded by mb.mu
+
+	dmu     sync.RWMutex // held while delivering to this node
+	dclosed bool         // guarded by dmu: no delivery after Close
 }
 
 var _ BrokerInspector = (*memoryNode)(nil)
@@ -73,17 +76,37 @@ func (n *memoryNode) unsubscribeLocked(channel string) {
 
 func (n *memoryNode) Publish(_ context.Context, channel string, payload []byte) (int, error) {
 	n.mb.mu.RLock()
-	defer n.mb.mu.RUnlock()
 	if n.closed {
+		n.mb.mu.RUnlock()
 		return 0, ErrClosed
 	}
+	subs := make([]*memoryNode, 0, len(n.mb.subs[channel]))
 	for sub := range n.mb.subs[channel] {
-		sub.deliver(channel, payload)
+		subs = append(subs, sub)
 	}
-	return len(n.mb.subs[channel]), nil
+	n.mb.mu.RUnlock()
+	// Delivered without the broker's lock: a node may publish from inside
+	// its deliver callback.
+	for _, sub := range subs {
+		sub.deliverOpen(channel, payload)
+	}
+	return len(subs), nil
+}
+
+// deliverOpen delivers unless the node closed meanwhile, and keeps Close
+// from returning during a delivery.
+func (n *memoryNode) deliverOpen(channel string, payload []byte) {
+	n.dmu.RLock()
+	defer n.dmu.RUnlock()
+	if !n.dclosed {
+		n.deliver(channel, payload)
+	}
 }
 
 func (n *memoryNode) Close() error {
+	n.dmu.Lock()
+	n.dclosed = true
+	n.dmu.Unlock()
 	n.mb.mu.Lock()
 	defer n.mb.mu.Unlock()
 	if n.closed {

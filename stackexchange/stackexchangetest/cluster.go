@@ -31,6 +31,10 @@ const (
 	// client Ask -> server; the handler re-broadcasts the message as evMsg
 	// to everyone but the asker, then replies "rebroadcast".
 	evRebroadcast = "rebroadcast"
+	// the server broadcasts evLeft from OnRoomLeft and OnNamespaceDisconnect
+	// of namespace nsLeavers.
+	evLeft    = "left"
+	nsLeavers = "leavers"
 )
 
 // node is one neffos server with its own exchange, as a separate machine
@@ -132,6 +136,17 @@ func (cl *cluster) serverHandler(nd *node) neffos.ConnHandler {
 	}
 	nss := neffos.Namespaces{}
 	for _, ns := range cl.nss {
+		if ns == nsLeavers {
+			// neffos runs these handlers holding the connection's lock.
+			left := func(kind string) neffos.MessageHandlerFunc {
+				return func(c *neffos.NSConn, m neffos.Message) error {
+					c.Conn.Server().Broadcast(nil, neffos.Message{Namespace: nsLeavers, Event: evLeft, Body: []byte(kind + ":" + c.Conn.ID())})
+					return nil
+				}
+			}
+			nss[ns] = neffos.Events{neffos.OnRoomLeft: left("room"), neffos.OnNamespaceDisconnect: left("ns")}
+			continue
+		}
 		nss[ns] = neffos.Events{
 			evEmit: func(c *neffos.NSConn, m neffos.Message) error {
 				cl.emitsMu.Lock()

@@ -29,12 +29,9 @@ func testHostileNamespaces(t *testing.T, f Factory) {
 	names := hostileNames()
 	cl := newCluster(t, f, Nodes, names, false)
 	byNS := map[string][]*client{}
-	var all []*client
 	for i, name := range names {
 		for n := range cl.nodes {
-			c := cl.dial(fmt.Sprintf("ns%d@%d", i, n), n, name)
-			byNS[name] = append(byNS[name], c)
-			all = append(all, c)
+			byNS[name] = append(byNS[name], cl.dial(fmt.Sprintf("ns%d@%d", i, n), n, name))
 		}
 	}
 	for i, name := range names {
@@ -349,4 +346,47 @@ func testCloseMidAsk(t *testing.T, f Factory) {
 	if err := closer.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
+}
+
+// testBroadcastFromLeaveHandlers: neffos calls OnRoomLeft and
+// OnNamespaceDisconnect holding the connection's lock; a Server.Broadcast
+// from there must neither deadlock the node nor its Close.
+func testBroadcastFromLeaveHandlers(t *testing.T, f Factory) {
+	cl := newCluster(t, f, Nodes, []string{nsLeavers}, false)
+	watcher := cl.dial("watcher", 0, nsLeavers)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var leavers []*client
+	for i := 0; i < 3; i++ {
+		c := cl.dial(fmt.Sprintf("leaver%d", i), 1+i%2, nsLeavers)
+		if _, err := c.join(ctx, nsLeavers, "r"); err != nil {
+			t.Fatal(err)
+		}
+		leavers = append(leavers, c)
+	}
+	got := func(body string) bool {
+		return watcher.waitFor(20*time.Second, 1, withBody(evLeft, body))
+	}
+	leavers[0].settle()
+	if err := leavers[0].nsc[nsLeavers].Room("r").Leave(ctx); err != nil {
+		t.Fatalf("room leave: %v", err)
+	}
+	if !got("room:" + leavers[0].id) {
+		t.Fatal("a broadcast from OnRoomLeft never arrived")
+	}
+	leavers[1].settle()
+	if err := leavers[1].nsc[nsLeavers].Disconnect(ctx); err != nil {
+		t.Fatalf("namespace disconnect: %v", err)
+	}
+	if !got("ns:" + leavers[1].id) {
+		t.Fatal("a broadcast from OnNamespaceDisconnect never arrived")
+	}
+	leavers[2].c.Close() // the server's Conn.Close fires both, forced
+	if !got("ns:" + leavers[2].id) {
+		t.Fatal("a broadcast from a forced OnNamespaceDisconnect never arrived")
+	}
+	// Closing a node whose clients are in rooms fires the handlers on every
+	// connection, inside Server.Close; the rule's watchdog fails a hang.
+	cl.dial("stays", 2, nsLeavers)
+	cl.nodes[2].srv.Close()
 }

@@ -77,6 +77,7 @@ func Run(t *testing.T, f Factory) {
 		{"Reliability/SlowClient/OthersUnaffected", heavy(testSlowClient), 3 * time.Minute},
 		{"Reliability/Churn20000/BackToBaseline", heavy(testChurn), 4 * time.Minute},
 		{"Close/MidAsk", testCloseMidAsk, 0},
+		{"Handlers/BroadcastFromLeaveAndDisconnect", testBroadcastFromLeaveHandlers, 0},
 	}
 	for _, r := range rules {
 		t.Run(r.name, func(t *testing.T) {
