@@ -155,6 +155,7 @@ func NewNATS(t testing.TB, options ...NATSOption) *NATS {
 
 func (n *NATS) start() error {
 	cmd := exec.Command(n.bin, n.args...)
+	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", n.bin, err)
 	}

@@ -131,6 +131,7 @@ func startRedis(tls bool, extra []string) (*Redis, error) {
 // or before r is shared.
 func (r *Redis) start() error {
 	cmd := exec.Command(r.bin, r.args...)
+	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		return err
 	}
