@@ -1,6 +1,7 @@
 package stackexchangetest_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/kataras/neffos"
@@ -20,5 +21,11 @@ func ExampleFactory() {
 		}
 		return scaleout.New(brokers[channel].Broker(), scaleout.Options{Prefix: channel})
 	}
-	_ = factory
+	// Run calls it once per node; here, by hand, for two nodes of one app.
+	a := factory(nil, "app").(scaleout.StackExchange)
+	b := factory(nil, "app").(scaleout.StackExchange)
+	defer a.Close()
+	defer b.Close()
+	fmt.Println("nodes share a broker:", len(brokers) == 1)
+	// Output: nodes share a broker: true
 }
