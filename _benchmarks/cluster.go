@@ -17,6 +17,7 @@ import (
 	nredis "github.com/kataras/neffos/stackexchange/redis"
 
 	"github.com/neffos-contrib/scaleout"
+	"github.com/neffos-contrib/scaleout/internal/neffostest"
 	snats "github.com/neffos-contrib/scaleout/stackexchange/nats"
 	sredis "github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
@@ -135,7 +136,7 @@ func startCluster(name string, k int, b *proc) (*cluster, error) {
 			return nil, err
 		}
 		nd.url = "ws://" + ln.Addr().String()
-		nd.hs = &http.Server{Handler: serveNeffos(nd.srv), ReadHeaderTimeout: 10 * time.Second}
+		nd.hs = &http.Server{Handler: neffostest.Handler(nd.srv), ReadHeaderTimeout: 10 * time.Second}
 		go nd.hs.Serve(ln)
 		cl.nodes = append(cl.nodes, nd)
 	}
@@ -182,6 +183,25 @@ func (cl *cluster) brokerCount() (brokerCount, error) {
 	}
 }
 
+// waitSubsStable waits, at most d, until the broker's subscription count
+// for the cluster reads the same three times in a row 50 ms apart.
+func (cl *cluster) waitSubsStable(d time.Duration) {
+	deadline := time.Now().Add(d)
+	last, same := -1, 0
+	for same < 3 && time.Now().Before(deadline) {
+		bc, err := cl.brokerCount()
+		if err != nil {
+			return
+		}
+		if bc.Subs == last {
+			same++
+		} else {
+			last, same = bc.Subs, 1
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval
+	}
+}
+
 // inspectorConns sums scaleout.Inspector.BrokerConns over the nodes (ours
 // only), to cross-check the server's count.
 func (cl *cluster) inspectorConns() (int, bool) {
@@ -225,7 +245,7 @@ type client struct {
 	id   string
 	nc   *neffos.Client
 	nsc  *neffos.NSConn
-	sock *ackSafeSocket
+	sock *neffostest.Socket
 
 	mu  sync.Mutex
 	lat []int64 // latencies in ns of the current scenario (when tally.lat)
@@ -297,19 +317,13 @@ func (c *client) handler(onMsg func(neffos.Message)) neffos.Namespaces {
 func dial(url, ns string, d time.Duration, c *client, onMsg func(neffos.Message)) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	dialer := func(ctx context.Context, url string) (neffos.Socket, error) {
-		s, err := ackSafeDial(ctx, url)
-		if s != nil {
-			c.sock = s.(*ackSafeSocket)
-		}
-		return s, err
-	}
+	dialer := neffostest.Dialer(false, func(s *neffostest.Socket) { c.sock = s })
 	nc, err := neffos.Dial(ctx, dialer, url, c.handler(onMsg))
 	if err != nil {
 		return err
 	}
 	c.nc, c.id = nc, nc.ID
-	c.sock.settle()
+	c.sock.Settle()
 	nsc, err := nc.Connect(ctx, ns)
 	if err != nil {
 		nc.Close()

@@ -243,7 +243,7 @@ func (r *runner) runOne(ex string, n int) (res *Result) {
 	if err := r.joinRoom(cl); err != nil {
 		res.Error = err.Error()
 	}
-	time.Sleep(300 * time.Millisecond) // background subscriptions settle
+	cl.waitSubsStable(5 * time.Second) // per-client subscriptions are made in the background
 	peak := takeSnapshot()
 	res.GoroutinesPerClient = float64(peak.Goroutines-base.Goroutines) / float64(res.Connected)
 	res.HeapPerClientKB = (float64(peak.Heap) - float64(base.Heap)) / 1024 / float64(res.Connected)

@@ -201,7 +201,7 @@ func (r *runner) joinRoom(cl *cluster) error {
 		if c == nil || c.idx%4 != 0 {
 			continue
 		}
-		c.sock.settle()
+		c.sock.Settle()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := c.nsc.JoinRoom(ctx, room)
 		cancel()

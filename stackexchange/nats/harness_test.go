@@ -1,106 +1,23 @@
 package nats_test
 
 // A harness for the fault, hostile-input and auth tests: real neffos nodes
-// and real neffos Go clients, with the two neffos v0.0.24 workarounds of
-// stackexchangetest (copied here, the suite keeps them unexported): the
-// server serves through srv.Upgrade with a socket that hands neffos the
-// client's handshake ack only after Upgrade returned, clients dial with a
-// socket whose first write waits for the server's answer to be handled,
-// and a client settles before it asks (Connect).
+// and real neffos Go clients, with internal/neffostest's workarounds for
+// neffos v0.0.24.
 
 import (
 	"context"
-	"net"
-	"net/http"
 	"runtime"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kataras/neffos"
 	"github.com/kataras/neffos/gorilla"
 
+	"github.com/neffos-contrib/scaleout/internal/neffostest"
 	"github.com/neffos-contrib/scaleout/stackexchange/nats"
 )
-
-// ackSafeSocket: see stackexchangetest's dialer.go (lost wake-up in neffos
-// v0.0.24's waiterOnce on the client's Dial).
-type ackSafeSocket struct {
-	neffos.Socket
-	reads   atomic.Int32
-	done    atomic.Int32
-	wrote   atomic.Bool
-	once    sync.Once
-	handled chan struct{}
-}
-
-func (s *ackSafeSocket) release() { s.once.Do(func() { close(s.handled) }) }
-
-func (s *ackSafeSocket) ReadData(timeout time.Duration) ([]byte, neffos.MessageType, error) {
-	if s.reads.Add(1) == 2 {
-		s.release()
-	}
-	b, typ, err := s.Socket.ReadData(timeout)
-	s.done.Add(1)
-	if err != nil {
-		s.release()
-	}
-	return b, typ, err
-}
-
-func (s *ackSafeSocket) WriteText(b []byte, timeout time.Duration) error {
-	err := s.Socket.WriteText(b, timeout)
-	s.afterWrite(err)
-	return err
-}
-
-func (s *ackSafeSocket) WriteBinary(b []byte, timeout time.Duration) error {
-	err := s.Socket.WriteBinary(b, timeout)
-	s.afterWrite(err)
-	return err
-}
-
-func (s *ackSafeSocket) afterWrite(err error) {
-	if err != nil || !s.wrote.CompareAndSwap(false, true) {
-		return
-	}
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case <-s.handled:
-	case <-t.C:
-	}
-}
-
-func (s *ackSafeSocket) idle() bool { return s.reads.Load() == s.done.Load()+1 }
-
-// readyAfterUpgrade: the server-side half of the same workaround.
-type readyAfterUpgrade struct {
-	neffos.Socket
-	first sync.Once
-	ready chan struct{}
-}
-
-func (s *readyAfterUpgrade) ReadData(timeout time.Duration) ([]byte, neffos.MessageType, error) {
-	b, typ, err := s.Socket.ReadData(timeout)
-	s.first.Do(func() { <-s.ready })
-	return b, typ, err
-}
-
-func serveNeffos(srv *neffos.Server) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var s *readyAfterUpgrade
-		_, _ = srv.Upgrade(w, r, func(sock neffos.Socket) neffos.Socket {
-			s = &readyAfterUpgrade{Socket: sock, ready: make(chan struct{})}
-			return s
-		}, nil)
-		if s != nil {
-			close(s.ready)
-		}
-	})
-}
 
 // hNode is a real neffos server with its exchange, served like the suite's
 // nodes.
@@ -118,20 +35,14 @@ func startHNode(t testing.TB, exc *nats.StackExchange) *hNode {
 	if err := srv.UseStackExchange(exc); err != nil {
 		t.Fatalf("UseStackExchange: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: serveNeffos(srv), ReadHeaderTimeout: 10 * time.Second}
-	go hs.Serve(ln)
 	t.Cleanup(func() {
 		srv.Close()
 		if err := exc.Close(); err != nil {
 			t.Errorf("exchange Close: %v", err)
 		}
-		_ = hs.Close()
 	})
-	return &hNode{srv: srv, exc: exc, url: "ws://" + ln.Addr().String()}
+	url := neffostest.Serve(t, srv) // registered after: stops serving first
+	return &hNode{srv: srv, exc: exc, url: url}
 }
 
 // broadcast sends body to every client of hNS, through Server.Broadcast,
@@ -146,7 +57,7 @@ func (n *hNode) broadcast(body string) time.Duration {
 type hClient struct {
 	c      *neffos.Client
 	id     string
-	sock   *ackSafeSocket
+	sock   *neffostest.Socket
 	mu     sync.Mutex
 	got    map[string]int
 	notify chan struct{}
@@ -182,20 +93,13 @@ func tryDialH(n *hNode) (*hClient, error) {
 	}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dialer := func(ctx context.Context, url string) (neffos.Socket, error) {
-		s, err := gorilla.DefaultDialer(ctx, url)
-		if err != nil {
-			return nil, err
-		}
-		hc.sock = &ackSafeSocket{Socket: s, handled: make(chan struct{})}
-		return hc.sock, nil
-	}
+	dialer := neffostest.Dialer(false, func(s *neffostest.Socket) { hc.sock = s })
 	c, err := neffos.Dial(ctx, dialer, n.url, handler)
 	if err != nil {
 		return nil, err
 	}
 	hc.c, hc.id = c, c.ID
-	waitUntil(5*time.Second, hc.sock.idle) // settle before asking
+	hc.sock.Settle() // before asking
 	if _, err := c.Connect(ctx, hNS); err != nil {
 		c.Close()
 		return nil, err

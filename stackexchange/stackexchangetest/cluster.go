@@ -18,6 +18,8 @@ import (
 
 	"github.com/kataras/neffos"
 	"github.com/kataras/neffos/gorilla"
+
+	"github.com/neffos-contrib/scaleout/internal/neffostest"
 )
 
 // Events the suite uses.
@@ -97,7 +99,7 @@ func newCluster(t *testing.T, f Factory, n int, namespaces []string, native bool
 			t.Fatal(err)
 		}
 		nd.url = "ws://" + ln.Addr().String()
-		nd.hs = &http.Server{Handler: serveNeffos(nd.srv), ReadHeaderTimeout: 10 * time.Second}
+		nd.hs = &http.Server{Handler: neffostest.Handler(nd.srv), ReadHeaderTimeout: 10 * time.Second}
 		go nd.hs.Serve(ln)
 		cl.nodes = append(cl.nodes, nd)
 	}
@@ -198,7 +200,7 @@ type client struct {
 	id     string
 	c      *neffos.Client
 	nsc    map[string]*neffos.NSConn
-	sock   *ackSafeSocket
+	sock   *neffostest.Socket
 	seq    bool
 	next   int // next expected sequence number (seq mode)
 	bad    int // sequence numbers out of order or repeated (seq mode)
@@ -259,13 +261,7 @@ func (cl *cluster) dialWith(name string, nodeIdx int, o dialOpts, nss ...string)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dialer := func(ctx context.Context, url string) (neffos.Socket, error) {
-		s, err := ackSafeDial(ctx, url, o.slow)
-		if s != nil {
-			c.sock = s.(*ackSafeSocket)
-		}
-		return s, err
-	}
+	dialer := neffostest.Dialer(o.slow, func(s *neffostest.Socket) { c.sock = s })
 	if cl.native {
 		dialer = gorilla.DefaultDialer // a native-only client sends no ack
 	}
@@ -301,15 +297,12 @@ func (cl *cluster) dialWith(name string, nodeIdx int, o dialOpts, nss ...string)
 	return c, nil
 }
 
-// settle waits until the client's reader is not inside a frame's handling.
-// A neffos v0.0.24 client that asks (Connect, JoinRoom, Disconnect) while its
-// reader handles a frame reads the socket from a second goroutine, a race
-// inside neffos; call settle before each of them.
+// settle waits until the client's reader is not inside a frame's handling
+// (neffostest explains why); call it before each call that asks.
 func (c *client) settle() {
-	if c.sock == nil {
-		return
+	if c.sock != nil {
+		c.sock.Settle()
 	}
-	waitUntil(5*time.Second, c.sock.idle)
 }
 
 // join joins room on namespace ns.

@@ -217,13 +217,13 @@ func testSlowClient(t *testing.T, f Factory) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(slow.sock.unstall)
+	t.Cleanup(slow.sock.Unstall)
 	base := stats(cl)
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 
-	slow.sock.stall()
+	slow.sock.Stall()
 	body := make([]byte, 0, 8)
 	for i := 0; i < messages; i++ {
 		body = strconv.AppendInt(body[:0], int64(i), 10)
