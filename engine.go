@@ -213,16 +213,13 @@ func (e *Exchange) Init(namespaces neffos.Namespaces) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
-	var firstErr error
 	for ns := range namespaces {
-		if err := e.acquire(ctx, e.names.namespace(ns), true); err != nil && firstErr == nil {
-			firstErr = err
-		}
+		// A failure is reported, not returned: the broker subscribes the
+		// channel again on reconnect, and the node serves its local clients
+		// meanwhile.
+		_ = e.acquire(ctx, e.names.namespace(ns), true)
 	}
 	e.inited.Store(true)
-	// A broker that failed to confirm still resubscribes on reconnect; the
-	// node can serve its local clients meanwhile, so this is not fatal.
-	_ = firstErr
 	return nil
 }
 
@@ -398,10 +395,15 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 	env := envelope{kind: kindBroadcast, origin: e.node}
 	fillEnvelope(&env, m)
 	exclConn, exclID := e.excluded(m)
-	env.exclude = exclID
+	env.exclude = exclID // other nodes skip every connection with this id
 
-	local := messageOf(&env)
-	e.dispatch(fanoutJob{m: local, to: env.to, exclConn: exclConn, exclID: fromOf(m)})
+	// Here, Broadcast(conn/nsConn) skips that exact connection and
+	// Exclude(id) every connection with the id, as neffos does.
+	local := fanoutJob{m: messageOf(&env), to: env.to, exclConn: exclConn}
+	if exclConn == nil {
+		local.exclID = exclID
+	}
+	e.dispatch(local)
 
 	if env.to == "" {
 		_, err := e.publish(e.names.namespace(env.namespace), &env)

@@ -218,7 +218,6 @@ func (r *runner) runOne(ex string, n int) (res *Result) {
 		}
 	}
 
-	before := takeSnapshot()
 	cl, err := startCluster(ex, r.cfg.k, b)
 	if err != nil {
 		res.Error = err.Error()
@@ -284,7 +283,7 @@ func (r *runner) runOne(ex string, n int) (res *Result) {
 	for cl.serverConns() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(time.Second) // background unsubscribes, sweeps
+	cl.waitSubsStable(5 * time.Second) // background unsubscribes
 	after := takeSnapshot()
 	res.GoroutinesAfter = after.Goroutines - base.Goroutines
 	res.HeapAfterKB = (float64(after.Heap) - float64(base.Heap)) / 1024
@@ -294,7 +293,6 @@ func (r *runner) runOne(ex string, n int) (res *Result) {
 	cl.clients = nil
 	cl.close()
 	closed = true
-	_ = before
 	return res
 }
 

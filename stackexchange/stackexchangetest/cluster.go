@@ -1,7 +1,6 @@
 package stackexchangetest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -435,8 +434,6 @@ func watchdog(t *testing.T, d time.Duration) {
 	})
 	t.Cleanup(func() { timer.Stop() })
 }
-
-func equalBytes(a, b []byte) bool { return bytes.Equal(a, b) }
 
 var (
 	errBoom    = errors.New("boom; ünïcødé error")
