@@ -43,25 +43,29 @@ func (n *memoryNode) Start(deliver func(string, []byte), _ func(error)) error {
 	return nil
 }
 
-func (n *memoryNode) Subscribe(_ context.Context, channel string) error {
+func (n *memoryNode) Subscribe(_ context.Context, channels ...string) error {
 	n.mb.mu.Lock()
 	defer n.mb.mu.Unlock()
 	if n.closed {
 		return ErrClosed
 	}
-	set := n.mb.subs[channel]
-	if set == nil {
-		set = make(map[*memoryNode]struct{})
-		n.mb.subs[channel] = set
+	for _, channel := range channels {
+		set := n.mb.subs[channel]
+		if set == nil {
+			set = make(map[*memoryNode]struct{})
+			n.mb.subs[channel] = set
+		}
+		set[n] = struct{}{}
 	}
-	set[n] = struct{}{}
 	return nil
 }
 
-func (n *memoryNode) Unsubscribe(_ context.Context, channel string) error {
+func (n *memoryNode) Unsubscribe(_ context.Context, channels ...string) error {
 	n.mb.mu.Lock()
 	defer n.mb.mu.Unlock()
-	n.unsubscribeLocked(channel)
+	for _, channel := range channels {
+		n.unsubscribeLocked(channel)
+	}
 	return nil
 }
 

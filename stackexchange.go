@@ -40,13 +40,16 @@ type Broker interface {
 	// bounded, local work), and must not be called after Close returns. The
 	// broker calls report with asynchronous errors (connection lost, ...).
 	Start(deliver func(channel string, payload []byte), report func(error)) error
-	// Subscribe subscribes the channel and returns after the broker server
-	// confirmed it, or ctx is done. The broker remembers the channel even
-	// when it returns an error, and subscribes it again whenever its
-	// connection is re-established.
-	Subscribe(ctx context.Context, channel string) error
-	// Unsubscribe forgets the channel.
-	Unsubscribe(ctx context.Context, channel string) error
+	// Subscribe subscribes the channels and returns after the broker server
+	// confirmed all of them, or ctx is done. A broker sends them in as few
+	// round trips as it can (one SUBSCRIBE for many channels, one flush):
+	// the engine hands over every channel that is waiting at once, so a
+	// connect storm costs a round trip per batch, not per client. The broker
+	// remembers the channels even when it returns an error, and subscribes
+	// them again whenever its connection is re-established.
+	Subscribe(ctx context.Context, channels ...string) error
+	// Unsubscribe forgets the channels, in as few round trips as it can.
+	Unsubscribe(ctx context.Context, channels ...string) error
 	// Publish publishes payload on channel. It returns how many subscribers
 	// the broker delivered it to, or -1 when the broker cannot tell.
 	Publish(ctx context.Context, channel string, payload []byte) (receivers int, err error)

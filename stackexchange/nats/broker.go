@@ -201,13 +201,16 @@ func (b *broker) loop() {
 // the connection is down the SUB waits in nats.go's reconnect buffer and
 // Subscribe returns ctx's error; nats.go subscribes it again on every
 // reconnect.
-func (b *broker) Subscribe(ctx context.Context, channel string) error {
+func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return scaleout.ErrClosed
 	}
-	if _, ok := b.subs[channel]; !ok {
+	for _, channel := range channels {
+		if _, ok := b.subs[channel]; ok {
+			continue
+		}
 		sub, err := b.nc.ChanSubscribe(channel, b.msgs)
 		if err != nil {
 			b.mu.Unlock()
@@ -225,16 +228,20 @@ func (b *broker) Subscribe(ctx context.Context, channel string) error {
 }
 
 // Unsubscribe implements scaleout.Broker. It does not wait for the server.
-func (b *broker) Unsubscribe(_ context.Context, channel string) error {
+func (b *broker) Unsubscribe(_ context.Context, channels ...string) error {
 	b.mu.Lock()
-	sub := b.subs[channel]
-	delete(b.subs, channel)
-	b.mu.Unlock()
-	if sub == nil {
-		return nil
+	var subs []*nats.Subscription
+	for _, channel := range channels {
+		if sub := b.subs[channel]; sub != nil {
+			subs = append(subs, sub)
+			delete(b.subs, channel)
+		}
 	}
-	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
-		return err
+	b.mu.Unlock()
+	for _, sub := range subs {
+		if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			return err
+		}
 	}
 	return nil
 }

@@ -161,7 +161,16 @@ func (b *broker) confirm(channel string) {
 	}
 }
 
-func (b *broker) Subscribe(ctx context.Context, channel string) error {
+func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
+	for _, channel := range channels {
+		if err := b.subscribeOne(ctx, channel); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *broker) subscribeOne(ctx context.Context, channel string) error {
 	w := make(chan struct{})
 	b.mu.Lock()
 	if b.closed {
@@ -202,16 +211,18 @@ func (b *broker) dropWaiter(channel string, w chan struct{}) {
 	}
 }
 
-func (b *broker) Unsubscribe(ctx context.Context, channel string) error {
+func (b *broker) Unsubscribe(ctx context.Context, channels ...string) error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return nil
 	}
-	delete(b.channels, channel)
+	for _, channel := range channels {
+		delete(b.channels, channel)
+	}
 	ps := b.ps
 	b.mu.Unlock()
-	return ps.Unsubscribe(ctx, channel)
+	return ps.Unsubscribe(ctx, channels...)
 }
 
 func (b *broker) Publish(ctx context.Context, channel string, payload []byte) (int, error) {
