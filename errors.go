@@ -35,6 +35,8 @@ var (
 	// exchange is constructed (returned), and when an established broker
 	// connection is lost (reported to Options.ErrorHandler).
 	ErrBrokerUnavailable = errors.New("scaleout: broker unavailable")
-	// ErrStarted is returned by Exchange.SetPrefix once the engine started.
+	// ErrStarted is returned by an adapter's Init when a setting that is
+	// read once, at the exchange's first use (the nats adapter's
+	// SubjectPrefix), changed after that.
 	ErrStarted = errors.New("scaleout: already started")
 )

@@ -20,7 +20,8 @@ type StackExchange interface {
 	// Close stops every goroutine the exchange started and closes the broker
 	// connections it opened. It is idempotent.
 	Close() error
-	// Stats returns the exchange's counters. It is cheap: a few atomic loads.
+	// Stats returns the exchange's counters. It is cheap: atomic loads, no
+	// lock.
 	Stats() Stats
 }
 
@@ -96,30 +97,35 @@ type Inspector interface {
 type Options struct {
 	// Prefix is the first part of every channel name, so that several apps
 	// share one broker. Adapters set it from their drop-in "channel" or
-	// SubjectPrefix argument. Default "neffos".
+	// SubjectPrefix argument. Default DefaultPrefix ("neffos").
 	Prefix string
 	// PublishTimeout bounds every broker publish. A publish that does not
 	// complete in time fails: Publish returns false, Ask returns the error.
-	// Default 2s.
+	// Default DefaultPublishTimeout (2s).
 	PublishTimeout time.Duration
 	// SubscribeTimeout bounds every broker subscribe, including the
-	// per-connection one in OnConnect. Default 2s.
+	// per-connection ones. Default DefaultSubscribeTimeout (2s).
 	SubscribeTimeout time.Duration
 	// QueueSize is the number of messages that may wait for one websocket
 	// connection. A connection that does not read fills its queue; further
 	// messages for it are dropped (counted in Stats.Dropped, ErrSlowConsumer
 	// reported) and no other connection waits for it. The queue holds
 	// pointers to messages shared by all connections, so a full queue costs
-	// about 8 bytes per message plus the messages themselves. Default 16384:
+	// about 8 bytes per message plus the messages themselves. Default
+	// DefaultQueueSize (16384):
 	// a burst of that many broadcasts reaches a client that reads at a
 	// normal pace without loss.
 	QueueSize int
 	// ErrorHandler receives asynchronous errors: failed publishes,
 	// subscribes, malformed payloads, slow consumers, broker connection
-	// losses. It must not block. Default: errors are only counted, and
-	// logged when Logger is set.
+	// losses. It runs on a goroutine of the exchange's, one error at a time,
+	// never under an engine lock, so it may call the exchange (Stats, ...).
+	// Up to 256 errors wait for it; more are counted in
+	// Stats.ReportsDropped. Default: errors are only counted, and logged
+	// when Logger is set.
 	ErrorHandler func(error)
-	// Logger, when set, logs the same errors at Warn level.
+	// Logger, when set, logs the same errors at Warn level, on the same
+	// goroutine as ErrorHandler.
 	Logger *slog.Logger
 }
 
@@ -139,8 +145,14 @@ type Stats struct {
 	// DecodeErrors counts payloads read from the broker that were not valid
 	// envelopes; each was dropped.
 	DecodeErrors uint64
+	// ReportsDropped counts errors not passed to Options.ErrorHandler and
+	// Logger because 256 were already waiting for a slow handler.
+	ReportsDropped uint64
 	// Conns is the number of local websocket connections tracked now.
 	Conns int
+	// Queued is the number of messages waiting in connection queues now
+	// (each at most Options.QueueSize).
+	Queued int
 	// Subscriptions is the number of broker channels this node is
 	// subscribed to now.
 	Subscriptions int

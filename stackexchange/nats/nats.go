@@ -1,6 +1,7 @@
 package nats
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -31,35 +32,35 @@ const defaultPrefix = "neffos"
 
 // StackExchange is a neffos.StackExchange on NATS core pub/sub (nats.go). It
 // is a drop-in replacement for neffos's stackexchange/nats: same
-// constructor, same With option, same exported SubjectPrefix field. All its
-// other methods are the engine's (scaleout.Exchange); see there for what
-// they cost.
+// constructor, same With option, same exported SubjectPrefix field. Its
+// methods are the engine's (scaleout.Exchange); see there for what they
+// cost.
 //
 // A node holds one NATS connection, whatever the number of websocket
 // clients, and one NATS subscription per namespace, one for the node and
 // one per distinct connected client id, all on that connection.
 type StackExchange struct {
-	*scaleout.Exchange
-
 	// SubjectPrefix is the first token of every subject the exchange uses.
 	// Apps that share a NATS server set different prefixes. Default
-	// "neffos". It may be changed after construction, before the exchange
-	// is registered with Server.UseStackExchange (which calls Init, where
-	// it takes effect); changing it later has no effect and makes Init
-	// fail.
+	// "neffos". It is read once, at the exchange's first use (normally
+	// Init, from Server.UseStackExchange): set it before. A change after
+	// that makes Init fail with an error wrapping scaleout.ErrStarted.
 	SubjectPrefix string
 
 	// MonitorURL is the base URL of the NATS server's HTTP monitoring
 	// endpoint (nats-server -m 8222: "http://127.0.0.1:8222"). When set, the
 	// scaleout.Inspector methods (BrokerConns, NamespaceSubscribers) ask the
 	// server's /connz and /subsz; when empty they return an error wrapping
-	// errors.ErrUnsupported. Like SubjectPrefix it is read by Init. In a
-	// NATS cluster the counts are those of the server MonitorURL names.
+	// errors.ErrUnsupported. Like SubjectPrefix it is read once, at first
+	// use. In a NATS cluster the counts are those of the server MonitorURL
+	// names.
 	MonitorURL string
 
-	b       *broker
-	mu      sync.Mutex // guards applied
-	applied string     // prefix the engine uses now
+	b      *broker
+	opts   scaleout.Options
+	once   sync.Once
+	eng    *scaleout.Exchange
+	prefix string // the prefix eng uses
 }
 
 var _ scaleout.StackExchange = (*StackExchange)(nil)
@@ -170,39 +171,86 @@ func NewStackExchangeConn(nc *nats.Conn, opts scaleout.Options) (*StackExchange,
 }
 
 func newExchange(b *broker, opts scaleout.Options) *StackExchange {
-	return &StackExchange{
-		Exchange:      scaleout.New(b, opts),
-		SubjectPrefix: opts.Prefix,
-		b:             b,
-		applied:       opts.Prefix,
-	}
+	return &StackExchange{SubjectPrefix: opts.Prefix, b: b, opts: opts}
 }
 
-// Init applies SubjectPrefix and MonitorURL, then subscribes every
-// namespace's subject once for this node (scaleout.Exchange.Init). neffos
-// calls it from Server.UseStackExchange; registering the same exchange with
-// a second server is fine as long as SubjectPrefix did not change.
-func (s *StackExchange) Init(namespaces neffos.Namespaces) error {
-	s.b.setMonitorURL(s.MonitorURL)
-	prefix := s.SubjectPrefix
-	if prefix == "" {
-		prefix = defaultPrefix
-	}
-	s.mu.Lock()
-	if err := s.Exchange.SetPrefix(prefix); err != nil {
-		// Started already (a second server, or a call before Init): fine
-		// while the prefix is the one in use; the engine's Init below
-		// reports a failed start by itself.
-		if prefix != s.applied {
-			s.mu.Unlock()
-			return fmt.Errorf("scaleout/nats: SubjectPrefix %q set after the exchange started with %q: %w", prefix, s.applied, err)
+// engine returns the engine, built at the first call with the prefix and
+// monitoring URL set then.
+func (s *StackExchange) engine() *scaleout.Exchange {
+	s.once.Do(func() {
+		s.b.setMonitorURL(s.MonitorURL)
+		s.prefix = s.SubjectPrefix
+		if s.prefix == "" {
+			s.prefix = defaultPrefix
 		}
-	} else {
-		s.applied = prefix
-	}
-	s.mu.Unlock()
-	return s.Exchange.Init(namespaces)
+		opts := s.opts
+		opts.Prefix = s.prefix
+		s.eng = scaleout.New(s.b, opts)
+	})
+	return s.eng
 }
+
+// Init subscribes every namespace's subject once for this node
+// (scaleout.Exchange.Init). neffos calls it from Server.UseStackExchange;
+// registering the same exchange with a second server is fine as long as
+// SubjectPrefix did not change.
+func (s *StackExchange) Init(namespaces neffos.Namespaces) error {
+	e := s.engine()
+	if p := s.SubjectPrefix; p != s.prefix && (p != "" || s.prefix != defaultPrefix) {
+		return fmt.Errorf("scaleout/nats: SubjectPrefix %q set after the exchange started with %q: %w", p, s.prefix, scaleout.ErrStarted)
+	}
+	return e.Init(namespaces)
+}
+
+// OnConnect implements neffos.StackExchange (scaleout.Exchange.OnConnect).
+func (s *StackExchange) OnConnect(c *neffos.Conn) error { return s.engine().OnConnect(c) }
+
+// OnDisconnect implements neffos.StackExchange.
+func (s *StackExchange) OnDisconnect(c *neffos.Conn) { s.engine().OnDisconnect(c) }
+
+// Publish implements neffos.StackExchange (scaleout.Exchange.Publish).
+func (s *StackExchange) Publish(msgs []neffos.Message) bool { return s.engine().Publish(msgs) }
+
+// Subscribe implements neffos.StackExchange.
+func (s *StackExchange) Subscribe(c *neffos.Conn, namespace string) {
+	s.engine().Subscribe(c, namespace)
+}
+
+// Unsubscribe implements neffos.StackExchange.
+func (s *StackExchange) Unsubscribe(c *neffos.Conn, namespace string) {
+	s.engine().Unsubscribe(c, namespace)
+}
+
+// Ask implements neffos.StackExchange (scaleout.Exchange.Ask).
+func (s *StackExchange) Ask(ctx context.Context, msg neffos.Message, token string) (neffos.Message, error) {
+	return s.engine().Ask(ctx, msg, token)
+}
+
+// NotifyAsk implements neffos.StackExchange.
+func (s *StackExchange) NotifyAsk(msg neffos.Message, token string) error {
+	return s.engine().NotifyAsk(msg, token)
+}
+
+// Close closes the exchange (scaleout.Exchange.Close) and the NATS
+// connection when the exchange opened it.
+func (s *StackExchange) Close() error { return s.engine().Close() }
+
+// Stats returns the engine's counters: atomic loads.
+func (s *StackExchange) Stats() scaleout.Stats { return s.engine().Stats() }
+
+// BrokerConns implements scaleout.Inspector through MonitorURL.
+func (s *StackExchange) BrokerConns(ctx context.Context) (int, error) {
+	return s.engine().BrokerConns(ctx)
+}
+
+// NamespaceSubscribers implements scaleout.Inspector through MonitorURL.
+func (s *StackExchange) NamespaceSubscribers(ctx context.Context, namespace string) (int, error) {
+	return s.engine().NamespaceSubscribers(ctx, namespace)
+}
+
+// ChannelOf returns the subject of a namespace. Like every method it fixes
+// SubjectPrefix when it is the exchange's first use.
+func (s *StackExchange) ChannelOf(namespace string) string { return s.engine().ChannelOf(namespace) }
 
 func randomHex() string {
 	var b [6]byte

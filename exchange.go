@@ -1,0 +1,700 @@
+package scaleout
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kataras/neffos"
+)
+
+// Defaults of Options, applied by New.
+const (
+	DefaultPrefix           = "neffos"
+	DefaultPublishTimeout   = 2 * time.Second
+	DefaultSubscribeTimeout = 2 * time.Second
+	DefaultQueueSize        = 16384
+)
+
+// Exchange is the engine behind every exchange of this module: it does the
+// neffos side once, for any Broker.
+//
+// Per node it holds one broker subscription per namespace (taken in Init),
+// one per node channel (Ask replies) and one per distinct connected client
+// id (messages with To, Asks with To), all on the broker's shared
+// connections. A broadcast is published once and read once per node, decoded
+// once, then queued to each local connection in its audience: the To
+// client, the room's members or the namespace's members, read from the
+// node's own index, so a room message costs what the room has on this node.
+// The publishing node serves its own clients directly and ignores its echo
+// from the broker.
+//
+// # Concurrency
+//
+// All methods are safe for concurrent use. The engine is split by concern,
+// each part with its own lock: the hub (local connections, their
+// namespaces and rooms, one bounded queue each), subs (broker subscriptions
+// and the goroutine that applies them in batches), asks (pending
+// Server.Asks) and the reporter (the goroutine that calls ErrorHandler and
+// Logger). The lock order is one rule: hub.mu before a peer's mu; every
+// other lock is a leaf, and no engine lock is held while calling into
+// neffos (Conn.Write, Namespace, Room, Is, ...), the Broker, or user code
+// (ErrorHandler, Logger, handlers), so a neffos handler that holds a
+// connection's lock can always broadcast.
+//
+// Fan-out runs on the caller's goroutine (Publish's, or the broker's
+// receive loop) and never waits: it only appends to queues. Every queue is
+// bounded: a connection's queue by Options.QueueSize (what does not fit is
+// dropped and counted in Stats.Dropped), the error reports by 256
+// (Stats.ReportsDropped), the not-here answers of Ask probes by 1024.
+//
+// # Delivery
+//
+// While the broker is healthy every message reaches every matching client
+// exactly once. Across a broker outage delivery is at most once: messages
+// published while a node cannot reach the broker are delivered to that
+// node's own clients only, and Publish returns false.
+type Exchange struct {
+	b     Broker
+	opts  Options
+	names names
+	node  string // this node's id: 16 hex digits
+
+	hub  *hub
+	subs *subs
+	asks *asks
+	rep  *reporter
+
+	startOnce sync.Once
+	startErr  error
+	inited    atomic.Bool
+
+	lazyMu sync.Mutex
+	lazy   map[*neffos.Conn]map[string]struct{} // namespaces subscribed per conn when Init was not called
+
+	present sync.Map // client channel -> time.Time until which it is known subscribed
+
+	outbox chan outgoing // not-here answers, published off the receive loop
+
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	bg        sync.WaitGroup
+
+	published, publishErrors, received, decodeErrors atomic.Uint64
+}
+
+// outgoing is a publish queued for the outbox goroutine.
+type outgoing struct {
+	channel string
+	env     envelope
+}
+
+const (
+	sweepInterval = time.Second
+	outboxSize    = 1024
+
+	// presenceTTL is how long a client channel that had a subscriber is
+	// published to without counting receivers again (brokers where counting
+	// costs a round trip: NATS). A client that just connected is not in the
+	// cache, so its first messages still take the counted path and its
+	// fallback.
+	presenceTTL = 5 * time.Second
+)
+
+// New returns an engine on top of b. It starts b, and its goroutines, on the
+// first call neffos makes (Init, OnConnect, Publish or Ask). The engine owns
+// b: Close closes it. Options is copied; zero fields take the Default*
+// values.
+func New(b Broker, opts Options) *Exchange {
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.PublishTimeout <= 0 {
+		opts.PublishTimeout = DefaultPublishTimeout
+	}
+	if opts.SubscribeTimeout <= 0 {
+		opts.SubscribeTimeout = DefaultSubscribeTimeout
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = DefaultQueueSize
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	e := &Exchange{
+		b:      b,
+		opts:   opts,
+		names:  names{prefix: prefixName(opts.Prefix)},
+		node:   hex.EncodeToString(id[:]),
+		hub:    newHub(opts.QueueSize),
+		asks:   newAsks(),
+		lazy:   make(map[*neffos.Conn]map[string]struct{}),
+		outbox: make(chan outgoing, outboxSize),
+		done:   make(chan struct{}),
+	}
+	e.rep = newReporter(opts.ErrorHandler, opts.Logger, e.node)
+	e.subs = newSubs(b, opts.SubscribeTimeout, e.rep.report)
+	return e
+}
+
+func (e *Exchange) isClosed() bool {
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (e *Exchange) start() error {
+	e.startOnce.Do(func() { e.startErr = e.doStart() })
+	return e.startErr
+}
+
+func (e *Exchange) doStart() error {
+	if e.isClosed() {
+		return ErrClosed
+	}
+	if err := e.b.Start(e.deliver, e.rep.report); err != nil {
+		return err
+	}
+	for _, run := range []func(<-chan struct{}){e.subs.run, e.sweeper, e.rep.run, e.sendOutbox} {
+		e.bg.Add(1)
+		go func() {
+			defer e.bg.Done()
+			run(e.done)
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
+	defer cancel()
+	_ = e.subs.acquireNow(ctx, e.names.node(e.node))
+	return nil
+}
+
+// Init subscribes the channel of every namespace neffos declares, once for
+// this node, in one broker call. neffos calls it from
+// Server.UseStackExchange. Subscribing here, not on a client's namespace
+// connect, means a broadcast sent the moment a client's Connect returns
+// reaches it.
+//
+// Init also wraps three handlers in each namespace's Events map
+// (OnNamespaceConnect, OnRoomJoined, OnRoomLeft; the user's own still run,
+// after the engine noted the event), so the engine knows which local
+// connection is in which room without asking neffos. Register the exchange
+// before the server serves, as neffos's documentation says.
+func (e *Exchange) Init(namespaces neffos.Namespaces) error {
+	if err := e.start(); err != nil {
+		return err
+	}
+	channels := make([]string, 0, len(namespaces))
+	for ns, events := range namespaces {
+		if installHooks(ns, events, e.hub) {
+			e.hub.hook(ns)
+		}
+		channels = append(channels, e.names.namespace(ns))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
+	defer cancel()
+	// A failure is reported, not returned: the broker subscribes the
+	// channels again on reconnect, and the node serves its local clients
+	// meanwhile.
+	_ = e.subs.acquireNow(ctx, channels...)
+	e.inited.Store(true)
+	return nil
+}
+
+// OnConnect registers c as a local connection and queues the subscription
+// of its id's channel (one broker subscription per distinct id, on the
+// shared broker connection, applied in the background in batches), so
+// messages with To and Asks for it reach this node. Called by neffos before
+// the server's OnConnect; it returns at once and never fails the connection
+// because of the broker: during an outage the client is served locally.
+// Until the broker confirmed the subscription, a message with To published
+// on another node finds no subscriber on the id's channel and is
+// re-published on the namespace's channel, which this node subscribed in
+// Init.
+func (e *Exchange) OnConnect(c *neffos.Conn) error {
+	if err := e.start(); err != nil {
+		return err
+	}
+	p, closed := e.hub.add(c, c.Namespace("") != nil)
+	if closed {
+		return ErrClosed
+	}
+	if p != nil {
+		e.subs.acquire(e.names.conn(p.id))
+	}
+	return nil
+}
+
+// OnDisconnect releases everything the exchange holds for c. It never blocks
+// on the broker: unsubscribing happens in the background.
+func (e *Exchange) OnDisconnect(c *neffos.Conn) {
+	p := e.hub.remove(c)
+	if p == nil {
+		return
+	}
+	e.subs.release(e.names.conn(p.id))
+	e.lazyMu.Lock()
+	lazy := e.lazy[c]
+	delete(e.lazy, c)
+	e.lazyMu.Unlock()
+	for ns := range lazy {
+		e.subs.release(e.names.namespace(ns))
+	}
+}
+
+// Subscribe is called by neffos after a client connected to namespace and
+// its connect reply was written. Messages for that namespace that arrived in
+// between are written now, in order. When Init ran
+// (Server.UseStackExchange) the namespace channel is already subscribed;
+// otherwise this subscribes it for the node, reference-counted.
+func (e *Exchange) Subscribe(c *neffos.Conn, namespace string) {
+	if e.start() != nil {
+		return
+	}
+	p, dropped := e.hub.ready(c, namespace)
+	if p == nil {
+		return
+	}
+	if dropped > 0 {
+		e.rep.report(fmt.Errorf("%w: connection %q", ErrSlowConsumer, p.id))
+	}
+	if e.inited.Load() {
+		return
+	}
+	e.lazyMu.Lock()
+	set := e.lazy[c]
+	if set == nil {
+		set = make(map[string]struct{})
+		e.lazy[c] = set
+	}
+	_, had := set[namespace]
+	set[namespace] = struct{}{}
+	e.lazyMu.Unlock()
+	if !had {
+		e.subs.acquire(e.names.namespace(namespace))
+	}
+}
+
+// Unsubscribe is called by neffos after a client left namespace; it undoes
+// Subscribe.
+func (e *Exchange) Unsubscribe(c *neffos.Conn, namespace string) {
+	if e.hub.leave(c, namespace) == nil {
+		return
+	}
+	e.lazyMu.Lock()
+	_, had := e.lazy[c][namespace]
+	delete(e.lazy[c], namespace)
+	e.lazyMu.Unlock()
+	if had {
+		e.subs.release(e.names.namespace(namespace))
+	}
+}
+
+// Publish delivers msgs to this node's matching clients at once and
+// publishes each message to the broker once (one publish per message,
+// whatever the number of clients). It returns false when a publish failed;
+// the cause goes to Options.ErrorHandler wrapped in ErrPublish. Each publish
+// is bounded by Options.PublishTimeout.
+func (e *Exchange) Publish(msgs []neffos.Message) bool {
+	if e.start() != nil || e.isClosed() {
+		return false
+	}
+	ok := true
+	for i := range msgs {
+		if !e.publishOne(&msgs[i]) {
+			ok = false
+		}
+	}
+	return ok
+}
+
+func (e *Exchange) publishOne(m *neffos.Message) bool {
+	env := envelope{kind: kindBroadcast, origin: e.node}
+	fillEnvelope(&env, m)
+	exclPeer, exclID := e.hub.excluded(m)
+	env.exclude = exclID // other nodes skip every connection with this id
+	// Here, Broadcast(conn/nsConn) skips that exact connection and
+	// Exclude(id) every connection with the id, as neffos does.
+	local := fanout{m: messageOf(&env), to: env.to, exclPeer: exclPeer}
+	if exclPeer == nil {
+		local.exclID = exclID
+	}
+	e.fanout(local)
+
+	if env.to == "" {
+		_, err := e.publish(e.names.namespace(env.namespace), &env)
+		return err == nil
+	}
+	channel := e.names.conn(env.to)
+	var n int
+	var err error
+	if e.recentlyPresent(channel) {
+		n, err = e.publish(channel, &env) // no need to count: it has a subscriber
+	} else if n, err = e.publishCounted(channel, &env); err == nil && n > 0 && e.counting() {
+		e.present.Store(channel, time.Now().Add(presenceTTL))
+	}
+	if err == nil && n == 0 {
+		// No node has subscribed the id's channel (yet): every node reads
+		// the namespace's channel and picks the client by id.
+		_, err = e.publish(e.names.namespace(env.namespace), &env)
+	}
+	return err == nil
+}
+
+// fanout queues f locally and reports slow consumers, outside every lock.
+func (e *Exchange) fanout(f fanout) int {
+	n, slow := e.hub.fanout(f)
+	for _, id := range slow {
+		e.rep.report(fmt.Errorf("%w: connection %q", ErrSlowConsumer, id))
+	}
+	return n
+}
+
+func (e *Exchange) publish(channel string, env *envelope) (int, error) {
+	return e.publishVia(e.b.Publish, channel, env)
+}
+
+// publishCounted publishes on a client's channel, counting receivers when
+// the broker can (CountingPublisher) and Publish cannot.
+func (e *Exchange) publishCounted(channel string, env *envelope) (int, error) {
+	if cp, ok := e.b.(CountingPublisher); ok {
+		return e.publishVia(cp.PublishCounted, channel, env)
+	}
+	return e.publish(channel, env)
+}
+
+func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, error), channel string, env *envelope) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
+	defer cancel()
+	n, err := pub(ctx, channel, encodeEnvelope(env))
+	if err != nil && e.isClosed() {
+		return 0, ErrClosed // the broker went away with Close
+	}
+	if err != nil {
+		e.publishErrors.Add(1)
+		err = fmt.Errorf("%w: %s: %w", ErrPublish, channel, err)
+		e.rep.report(err)
+		return 0, err
+	}
+	e.published.Add(1)
+	return n, nil
+}
+
+// counting reports whether the broker counts receivers only on request
+// (CountingPublisher), at a cost.
+func (e *Exchange) counting() bool {
+	_, ok := e.b.(CountingPublisher)
+	return ok
+}
+
+func (e *Exchange) recentlyPresent(channel string) bool {
+	if !e.counting() {
+		return false // Publish counts by itself
+	}
+	v, ok := e.present.Load(channel)
+	return ok && time.Now().Before(v.(time.Time))
+}
+
+// deliver is the broker's receive callback: decode once, then fan out. It
+// never waits: fan-out only queues, and answers go through the outbox.
+func (e *Exchange) deliver(channel string, payload []byte) {
+	e.received.Add(1)
+	env, err := decodeEnvelope(payload)
+	if err != nil {
+		e.decodeErrors.Add(1)
+		e.rep.report(fmt.Errorf("channel %s: %w", channel, err))
+		return
+	}
+	if env.origin == e.node {
+		return // own echo: local clients were served directly.
+	}
+	switch env.kind {
+	case kindBroadcast:
+		e.fanout(fanout{m: messageOf(&env), to: env.to, exclID: env.exclude})
+	case kindAsk:
+		n := e.fanout(fanout{m: questionOf(&env, askToken(env.origin, env.id)), to: env.to, exclID: env.exclude})
+		if n == 0 && env.flags&flagProbe != 0 {
+			e.send(e.names.node(env.origin), envelope{kind: kindNotHere, origin: e.node, id: env.id})
+		}
+	case kindReply:
+		e.asks.complete(env.id, *messageOf(&env))
+	case kindNotHere:
+		e.asks.notHere(env.id)
+	}
+}
+
+// send queues a publish for the outbox goroutine: the receive path must not
+// wait for the broker (an in-process broker delivers from inside Publish).
+// When the outbox is full the answer is dropped and counted as a publish
+// error; the Ask it answers then ends by its deadline.
+func (e *Exchange) send(channel string, env envelope) {
+	select {
+	case e.outbox <- outgoing{channel: channel, env: env}:
+	default:
+		e.publishErrors.Add(1)
+		e.rep.report(fmt.Errorf("%w: %s: outbox full (%d)", ErrPublish, channel, outboxSize))
+	}
+}
+
+func (e *Exchange) sendOutbox(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case o := <-e.outbox:
+			_, _ = e.publish(o.channel, &o.env)
+		}
+	}
+}
+
+// Ask sends msg to its To client, or to every client of msg.Namespace when
+// To is empty, on whichever node holds them, and returns the first reply.
+// neffos's token is not used: the question carries a token of this
+// exchange's (node id + ask id), and the reply comes back on this node's own
+// channel, on the broker connection the node already has. When To is a
+// client no node holds, Ask returns ErrConnNotFound at once (for brokers
+// that count receivers) or within Options.SubscribeTimeout. The wait is
+// bounded by ctx.
+func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffos.Message, error) {
+	if err := e.start(); err != nil {
+		return neffos.Message{}, err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	id, pa, ok := e.asks.add()
+	if !ok || e.isClosed() {
+		return neffos.Message{}, ErrClosed
+	}
+	defer e.asks.remove(id)
+
+	env := envelope{kind: kindAsk, origin: e.node, id: id}
+	fillEnvelope(&env, &msg)
+	_, env.exclude = e.hub.excluded(&msg)
+	local := 0
+	if env.to != "" {
+		local = e.hub.count(env.to)
+	}
+	e.fanout(fanout{m: questionOf(&env, askToken(e.node, id)), to: env.to, exclID: env.exclude})
+	var graceC <-chan time.Time // fires when a probe with uncounted nodes gave up
+	switch {
+	case env.to == "":
+		if _, err := e.publish(e.names.namespace(env.namespace), &env); err != nil && local == 0 {
+			return neffos.Message{}, err
+		}
+	case local == 0:
+		n, err := e.publishCounted(e.names.conn(env.to), &env)
+		if err != nil {
+			return neffos.Message{}, err
+		}
+		if n != 0 {
+			break
+		}
+		// Nobody subscribes the id's channel: the client is unknown, or its
+		// node has not finished subscribing it. Ask every node; each one
+		// without the client answers not-here.
+		env.flags |= flagProbe
+		m, err := e.publish(e.names.namespace(env.namespace), &env)
+		if err != nil {
+			return neffos.Message{}, err
+		}
+		// m counts this node too. When the broker cannot count (m < 0)
+		// there is no telling when every node answered: a client that
+		// exists but is still being subscribed answers within
+		// SubscribeTimeout, so wait that long at most.
+		if m < 0 {
+			grace := time.NewTimer(e.opts.SubscribeTimeout)
+			defer grace.Stop()
+			graceC = grace.C
+			break
+		}
+		if m <= 1 {
+			return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
+		}
+		e.asks.expect(pa, m-1)
+	}
+
+	select {
+	case r := <-pa.reply:
+		return r, r.Err
+	case <-pa.nowhere:
+		return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
+	case <-graceC:
+		return neffos.Message{}, fmt.Errorf("%w: %q", ErrConnNotFound, env.to)
+	case <-ctx.Done():
+		return neffos.Message{}, ctx.Err()
+	case <-e.done:
+		return neffos.Message{}, ErrClosed
+	}
+}
+
+// NotifyAsk is called by neffos with a client's reply to a question this
+// module delivered. The reply goes to the asking node's channel, or straight
+// to the waiting Ask when that node is this one. It returns ErrUnknownToken
+// for tokens this module did not issue.
+func (e *Exchange) NotifyAsk(msg neffos.Message, token string) error {
+	node, id, ok := parseAskToken(token)
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownToken, token)
+	}
+	env := envelope{kind: kindReply, origin: e.node, id: id}
+	fillEnvelope(&env, &msg)
+	env.to = ""
+	if node == e.node {
+		e.asks.complete(id, *messageOf(&env))
+		return nil
+	}
+	if err := e.start(); err != nil {
+		return err
+	}
+	_, err := e.publish(e.names.node(node), &env)
+	return err
+}
+
+// Stats returns the exchange's counters: atomic loads, no lock.
+func (e *Exchange) Stats() Stats {
+	return Stats{
+		Published:      e.published.Load(),
+		PublishErrors:  e.publishErrors.Load(),
+		Received:       e.received.Load(),
+		Delivered:      e.hub.delivered.Load(),
+		Dropped:        e.hub.dropped.Load(),
+		DecodeErrors:   e.decodeErrors.Load(),
+		ReportsDropped: e.rep.dropped.Load(),
+		Conns:          int(e.hub.conns.Load()),
+		Queued:         int(e.hub.queued.Load()),
+		Subscriptions:  int(e.subs.active.Load()),
+		PendingAsks:    int(e.asks.n.Load()),
+	}
+}
+
+// BrokerConns implements Inspector.
+func (e *Exchange) BrokerConns(ctx context.Context) (int, error) {
+	bi, ok := e.b.(BrokerInspector)
+	if !ok {
+		return 0, fmt.Errorf("scaleout: broker connection count: %w", errors.ErrUnsupported)
+	}
+	return bi.Conns(ctx)
+}
+
+// NamespaceSubscribers implements Inspector.
+func (e *Exchange) NamespaceSubscribers(ctx context.Context, namespace string) (int, error) {
+	bi, ok := e.b.(BrokerInspector)
+	if !ok {
+		return 0, fmt.Errorf("scaleout: subscriber count: %w", errors.ErrUnsupported)
+	}
+	return bi.Subscribers(ctx, e.names.namespace(namespace))
+}
+
+// ChannelOf returns the broker channel of a namespace, for tools that look
+// at the broker directly.
+func (e *Exchange) ChannelOf(namespace string) string { return e.names.namespace(namespace) }
+
+// NodeID returns this node's id, as carried in envelopes (16 hex digits).
+func (e *Exchange) NodeID() string { return e.node }
+
+// Close stops the engine's goroutines, fails pending Asks with ErrClosed and
+// closes the broker. Messages still queued for clients are discarded. It is
+// idempotent; later calls return the first call's result.
+func (e *Exchange) Close() error {
+	e.closeOnce.Do(func() {
+		e.hub.close()
+		e.asks.close()
+		close(e.done)
+		started := true
+		e.startOnce.Do(func() { started = false; e.startErr = ErrClosed })
+		if started && e.startErr == nil {
+			// The reporter may be inside a user's ErrorHandler; the other
+			// goroutines return within SubscribeTimeout.
+			waitTimeout(&e.bg, e.opts.SubscribeTimeout+e.opts.PublishTimeout)
+		}
+		e.closeErr = e.b.Close()
+		// A drain blocked in a socket write to a client that stopped
+		// reading returns when neffos closes that connection.
+		waitTimeout(&e.hub.drains, e.opts.PublishTimeout)
+	})
+	return e.closeErr
+}
+
+// waitTimeout waits for wg at most d.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	ch := make(chan struct{})
+	go func() { wg.Wait(); close(ch) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+}
+
+// sweeper releases connections that closed without neffos calling
+// OnDisconnect (v0.0.24 skips it for a connection refused by the server's
+// OnConnect when the server has an OnDisconnect callback), and forgets
+// expired presence entries.
+func (e *Exchange) sweeper(done <-chan struct{}) {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		for _, c := range e.hub.snapshot() {
+			if c.IsClosed() {
+				e.OnDisconnect(c)
+			}
+		}
+		now := time.Now()
+		e.present.Range(func(k, v any) bool {
+			if now.After(v.(time.Time)) {
+				e.present.Delete(k)
+			}
+			return true
+		})
+	}
+}
+
+// fillEnvelope copies the exported fields of m that cross nodes.
+func fillEnvelope(env *envelope, m *neffos.Message) {
+	env.namespace, env.room, env.event, env.to, env.body = m.Namespace, m.Room, m.Event, m.To, m.Body
+	if m.SetBinary {
+		env.flags |= flagBinary
+	}
+	if m.IsNative {
+		env.flags |= flagNative
+	}
+	if m.Err != nil {
+		if text, isErr := errorText(m.Err); isErr {
+			env.flags |= flagError
+			env.errText = text
+		} else {
+			env.body = []byte(text) // neffos.Reply(body): travels as the body.
+		}
+	}
+}
+
+// messageOf builds the neffos message an envelope stands for.
+func messageOf(env *envelope) *neffos.Message {
+	m := &neffos.Message{
+		Namespace: env.namespace,
+		Room:      env.room,
+		Event:     env.event,
+		Body:      env.body,
+		To:        env.to,
+		SetBinary: env.flags&flagBinary != 0,
+		IsNative:  env.flags&flagNative != 0,
+	}
+	if env.flags&flagError != 0 {
+		m.Err = errorOf(env.errText)
+	}
+	return m
+}
