@@ -444,14 +444,7 @@ func (e *Exchange) send(channel string, env envelope) {
 }
 
 func (e *Exchange) sendOutbox(done <-chan struct{}) {
-	for {
-		select {
-		case <-done:
-			return
-		case o := <-e.outbox:
-			_, _ = e.publish(o.channel, &o.env)
-		}
-	}
+	consume(done, e.outbox, func(o outgoing) { _, _ = e.publish(o.channel, &o.env) })
 }
 
 // Ask sends msg to its To client, or to every client of msg.Namespace when

@@ -181,12 +181,19 @@ func (h *hub) leaveRoomLocked(x *nsIndex, p *peer, room string) {
 // joining implements hookTarget: c's connect to ns was accepted; neffos
 // writes the reply next and calls Subscribe after it.
 func (h *hub) joining(c *neffos.Conn, ns string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if p := h.peers[c]; p != nil {
+	h.withPeer(c, func(p *peer) {
 		if _, ok := p.rooms[ns]; !ok {
 			h.memberLocked(p, ns, false)
 		}
+	})
+}
+
+// withPeer runs fn on c's peer with mu held, when c is a local connection.
+func (h *hub) withPeer(c *neffos.Conn, fn func(*peer)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p := h.peers[c]; p != nil {
+		fn(p)
 	}
 }
 
@@ -240,37 +247,27 @@ func (h *hub) leave(c *neffos.Conn, ns string) *peer {
 
 // joinRoom implements hookTarget.
 func (h *hub) joinRoom(c *neffos.Conn, ns, room string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	p := h.peers[c]
-	if p == nil {
-		return
-	}
-	if _, ok := p.rooms[ns]; !ok {
-		h.memberLocked(p, ns, false)
-	}
-	p.rooms[ns][room] = struct{}{}
-	x := h.index(ns)
-	set := x.rooms[room]
-	if set == nil {
-		set = make(map[*peer]struct{})
-		x.rooms[room] = set
-	}
-	set[p] = struct{}{}
+	h.withPeer(c, func(p *peer) {
+		if _, ok := p.rooms[ns]; !ok {
+			h.memberLocked(p, ns, false)
+		}
+		p.rooms[ns][room] = struct{}{}
+		x := h.index(ns)
+		if x.rooms[room] == nil {
+			x.rooms[room] = make(map[*peer]struct{})
+		}
+		x.rooms[room][p] = struct{}{}
+	})
 }
 
 // leaveRoom implements hookTarget.
 func (h *hub) leaveRoom(c *neffos.Conn, ns, room string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	p := h.peers[c]
-	if p == nil {
-		return
-	}
-	delete(p.rooms[ns], room)
-	if x := h.nss[ns]; x != nil {
-		h.leaveRoomLocked(x, p, room)
-	}
+	h.withPeer(c, func(p *peer) {
+		delete(p.rooms[ns], room)
+		if x := h.nss[ns]; x != nil {
+			h.leaveRoomLocked(x, p, room)
+		}
+	})
 }
 
 // hook marks ns as one whose room events reach the hub (installHooks).

@@ -60,8 +60,9 @@ func serverConnIDOf(c *neffos.Conn) string {
 // the node deserializing the reply); the reply reaches NotifyAsk only if one
 // marker is left. The question therefore carries three markers, and the
 // token names the asking node and its ask id: "S!!!<node>-<id base36>".
-// neffos's own tokens never start with 'S'. Pinned by TestPinAskToken
-// (against real clients) and TestAskToken.
+// neffos's own tokens never start with 'S'. Pinned by TestAskToken and,
+// against real clients of both neffos versions, by the conformance suite's
+// Ask rules.
 
 const askMarkers = "!!!"
 

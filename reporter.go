@@ -39,17 +39,24 @@ func (r *reporter) report(err error) {
 
 // run passes queued errors on until done is closed.
 func (r *reporter) run(done <-chan struct{}) {
+	consume(done, r.ch, func(err error) {
+		if r.handler != nil {
+			r.handler(err)
+		}
+		if r.logger != nil {
+			r.logger.Warn("scaleout", "node", r.node, "err", err)
+		}
+	})
+}
+
+// consume calls fn with each value received from ch until done is closed.
+func consume[T any](done <-chan struct{}, ch <-chan T, fn func(T)) {
 	for {
 		select {
 		case <-done:
 			return
-		case err := <-r.ch:
-			if r.handler != nil {
-				r.handler(err)
-			}
-			if r.logger != nil {
-				r.logger.Warn("scaleout", "node", r.node, "err", err)
-			}
+		case v := <-ch:
+			fn(v)
 		}
 	}
 }
