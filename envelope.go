@@ -5,18 +5,24 @@ import (
 	"fmt"
 )
 
-// The wire format between nodes, version 1. One envelope is one broker
+// The wire format between nodes, version 2. One envelope is one broker
 // payload:
 //
 //	offset  size  field
 //	0       2     magic "SO"
-//	2       1     version (1)
+//	2       1     version (2; version 1 is still read: it has no stream
+//	              and seq, and its messages are delivered without
+//	              duplicate or gap detection)
 //	3       1     kind: 1 broadcast, 2 ask, 3 reply, 4 not-here (an ask's To
 //	              is not on the sending node)
 //	4       1     flags: 1 binary, 2 native, 4 error, 8 probe (an ask with To
 //	              sent to every node: a node without the client answers not-here)
 //	5       -     origin node id     (uvarint length + bytes)
 //	        -     id                 (uvarint): ask id for ask and reply
+//	        -     stream             (uvarint, version 2): the origin's
+//	              sequence stream for this channel; 0: not sequenced
+//	        -     seq                (uvarint, version 2): 1, 2, 3, ... within
+//	              the stream, in publish order
 //	        -     namespace          (uvarint length + bytes)
 //	        -     room               (uvarint length + bytes)
 //	        -     event              (uvarint length + bytes)
@@ -30,7 +36,9 @@ import (
 // anything else with an error wrapping ErrMalformed.
 
 const (
-	envelopeVersion = 1
+	envelopeVersion = 2
+	// envelopeV1 is the version before sequence numbers, still decoded.
+	envelopeV1 = 1
 
 	kindBroadcast = 1
 	kindAsk       = 2
@@ -52,6 +60,8 @@ type envelope struct {
 	flags     byte
 	origin    string
 	id        uint64
+	stream    uint64
+	seq       uint64
 	namespace string
 	room      string
 	event     string
@@ -66,6 +76,8 @@ func appendEnvelope(dst []byte, e *envelope) []byte {
 	dst = append(dst, envelopeMagic[0], envelopeMagic[1], envelopeVersion, e.kind, e.flags)
 	dst = appendString(dst, e.origin)
 	dst = binary.AppendUvarint(dst, e.id)
+	dst = binary.AppendUvarint(dst, e.stream)
+	dst = binary.AppendUvarint(dst, e.seq)
 	dst = appendString(dst, e.namespace)
 	dst = appendString(dst, e.room)
 	dst = appendString(dst, e.event)
@@ -76,7 +88,7 @@ func appendEnvelope(dst []byte, e *envelope) []byte {
 }
 
 func (e *envelope) size() int {
-	n := 5 + binary.MaxVarintLen64 + len(e.body)
+	n := 5 + 3*binary.MaxVarintLen64 + len(e.body)
 	for _, s := range [...]string{e.origin, e.namespace, e.room, e.event, e.to, e.exclude, e.errText} {
 		n += binary.MaxVarintLen64 + len(s)
 	}
@@ -101,8 +113,9 @@ func decodeEnvelope(b []byte) (envelope, error) {
 	if b[0] != envelopeMagic[0] || b[1] != envelopeMagic[1] {
 		return e, fmt.Errorf("%w: bad magic", ErrMalformed)
 	}
-	if b[2] != envelopeVersion {
-		return e, fmt.Errorf("%w: unsupported version %d", ErrMalformed, b[2])
+	version := b[2]
+	if version != envelopeVersion && version != envelopeV1 {
+		return e, fmt.Errorf("%w: unsupported version %d", ErrMalformed, version)
 	}
 	e.kind, e.flags = b[3], b[4]
 	if e.kind < kindBroadcast || e.kind > kindNotHere {
@@ -114,6 +127,10 @@ func decodeEnvelope(b []byte) (envelope, error) {
 	r := reader{b: b[5:]}
 	e.origin = r.string()
 	e.id = r.uvarint()
+	if version >= 2 {
+		e.stream = r.uvarint()
+		e.seq = r.uvarint()
+	}
 	e.namespace = r.string()
 	e.room = r.string()
 	e.event = r.string()

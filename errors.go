@@ -35,6 +35,16 @@ var (
 	// exchange is constructed (returned), and when an established broker
 	// connection is lost (reported to Options.ErrorHandler).
 	ErrBrokerUnavailable = errors.New("scaleout: broker unavailable")
+	// ErrRejected is wrapped by a Broker's publish error when the broker
+	// server refused that message and a retry cannot help (a payload over
+	// its size limit, a channel the credentials may not publish to). Other
+	// publish errors are retried until Options.PublishTimeout.
+	ErrRejected = errors.New("scaleout: rejected by the broker")
+	// ErrMissed is reported when messages from another node never arrived:
+	// a gap in that node's sequence numbers that no retry or second broker
+	// filled within two seconds. The report names the origin node, the
+	// channel and the range; Stats.Missed counts the messages.
+	ErrMissed = errors.New("scaleout: messages missed")
 	// ErrStarted is returned by an adapter's Init when a setting that is
 	// read once, at the exchange's first use (the nats adapter's
 	// SubjectPrefix), changed after that.

@@ -69,10 +69,13 @@ type Exchange struct {
 	subs *subs
 	asks *asks
 	rep  *reporter
+	seqs *senders
+	recv *receivers
 
 	startOnce sync.Once
 	startErr  error
 	inited    atomic.Bool
+	down      atomic.Bool // the last publish failed after its retries
 
 	lazyMu sync.Mutex
 	lazy   map[*neffos.Conn]map[string]struct{} // namespaces subscribed per conn when Init was not called
@@ -139,6 +142,8 @@ func New(b Broker, opts Options) *Exchange {
 	}
 	e.rep = newReporter(opts.ErrorHandler, opts.Logger, e.node)
 	e.subs = newSubs(b, opts.SubscribeTimeout, e.rep.report)
+	e.seqs, e.recv = newSenders(), newReceivers()
+	e.subs.dropped = e.recv.forget
 	return e
 }
 
@@ -373,16 +378,33 @@ func (e *Exchange) publishCounted(channel string, env *envelope) (int, error) {
 func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, error), channel string, env *envelope) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 	defer cancel()
-	n, err := pub(ctx, channel, encodeEnvelope(env))
+	e.seqs.stamp(channel, env, time.Now())
+	payload := encodeEnvelope(env)
+	n, err := pub(ctx, channel, payload)
+	// A failed publish may have reached the broker or not; receivers drop
+	// what they read twice, so it is retried until PublishTimeout.
+	// While the broker is known to be down (the last publish gave up), one
+	// attempt each, so a node in an outage fails fast.
+	retry := !e.down.Load()
+	for backoff := retryBackoff; retry && err != nil && !e.isClosed() && !errors.Is(err, ErrRejected); backoff = min(2*backoff, maxRetryBackoff) {
+		if !sleepCtx(ctx, backoff) {
+			break
+		}
+		n, err = pub(ctx, channel, payload)
+	}
 	if err != nil && e.isClosed() {
 		return 0, ErrClosed // the broker went away with Close
 	}
 	if err != nil {
+		if !errors.Is(err, ErrRejected) {
+			e.down.Store(true)
+		}
 		e.publishErrors.Add(1)
 		err = fmt.Errorf("%w: %s: %w", ErrPublish, channel, err)
 		e.rep.report(err)
 		return 0, err
 	}
+	e.down.Store(false)
 	e.published.Add(1)
 	return n, nil
 }
@@ -414,6 +436,11 @@ func (e *Exchange) deliver(channel string, payload []byte) {
 	}
 	if env.origin == e.node {
 		return // own echo: local clients were served directly.
+	}
+	fresh, lost := e.recv.accept(channel, &env, time.Now())
+	e.reportMissed(lost)
+	if !fresh {
+		return
 	}
 	switch env.kind {
 	case kindBroadcast:
@@ -559,6 +586,8 @@ func (e *Exchange) Stats() Stats {
 		Received:       e.received.Load(),
 		Delivered:      e.hub.delivered.Load(),
 		Dropped:        e.hub.dropped.Load(),
+		Duplicates:     e.recv.duplicates.Load(),
+		Missed:         e.recv.missed.Load(),
 		DecodeErrors:   e.decodeErrors.Load(),
 		ReportsDropped: e.rep.dropped.Load(),
 		Conns:          int(e.hub.conns.Load()),
@@ -647,12 +676,37 @@ func (e *Exchange) sweeper(done <-chan struct{}) {
 			}
 		}
 		now := time.Now()
+		e.reportMissed(e.recv.sweep(now))
+		e.seqs.sweep(now.Add(-streamIdle))
 		e.present.Range(func(k, v any) bool {
 			if now.After(v.(time.Time)) {
 				e.present.Delete(k)
 			}
 			return true
 		})
+	}
+}
+
+func (e *Exchange) reportMissed(lost []missed) {
+	for _, m := range lost {
+		e.rep.report(fmt.Errorf("%w: %w", ErrMissed, m))
+	}
+}
+
+const (
+	retryBackoff    = 10 * time.Millisecond
+	maxRetryBackoff = 200 * time.Millisecond
+)
+
+// sleepCtx waits d, or until ctx is done (then it reports false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -145,6 +145,14 @@ type Stats struct {
 	// DecodeErrors counts payloads read from the broker that were not valid
 	// envelopes; each was dropped.
 	DecodeErrors uint64
+	// Duplicates counts envelopes read from the broker that this node had
+	// already read (a retried publish, or the same message through a second
+	// broker); each was dropped.
+	Duplicates uint64
+	// Missed counts messages from other nodes that never arrived: gaps in
+	// their sequence numbers not filled within two seconds (ErrMissed is
+	// reported once per gap).
+	Missed uint64
 	// ReportsDropped counts errors not passed to Options.ErrorHandler and
 	// Logger because 256 were already waiting for a slow handler.
 	ReportsDropped uint64

@@ -20,6 +20,7 @@ type subs struct {
 	b       Broker
 	timeout time.Duration
 	report  func(error)
+	dropped func(channels ...string) // after an unsubscribe
 
 	mu    sync.Mutex
 	state map[string]*subState
@@ -176,6 +177,9 @@ func (s *subs) apply(sub, unsub []string) {
 	if len(unsub) > 0 {
 		if err := s.b.Unsubscribe(ctx, unsub...); err != nil {
 			s.report(fmt.Errorf("%w: unsubscribe %s: %w", ErrSubscribe, describe(unsub), err))
+		}
+		if s.dropped != nil {
+			s.dropped(unsub...)
 		}
 	}
 	if len(sub) > 0 {

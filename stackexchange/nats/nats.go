@@ -21,7 +21,9 @@ import (
 // message is not sent: Publish returns false and the error reaches
 // Options.ErrorHandler; nothing else is disturbed (the connection stays up,
 // the node's own clients still get the message).
-var ErrPayloadTooLarge = errors.New("scaleout/nats: payload exceeds server max_payload")
+//
+// It wraps scaleout.ErrRejected: the engine does not retry such a publish.
+var ErrPayloadTooLarge = fmt.Errorf("scaleout/nats: payload exceeds server max_payload: %w", scaleout.ErrRejected)
 
 // flusherTimeout is NewStackExchange's nats.Options.FlusherTimeout: half
 // the engine's default PublishTimeout (see NewStackExchange).

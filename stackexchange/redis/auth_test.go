@@ -124,8 +124,13 @@ func TestAuthACLUser(t *testing.T) {
 			t.Errorf("Publish on a channel the ACL denies returned true")
 		}
 		took := time.Since(start)
-		if err := first(scaleout.ErrPublish, "NOPERM"); err == nil {
+		// Reports reach the ErrorHandler on the exchange's reporter
+		// goroutine, a moment after Publish returned.
+		if !waitUntil(10*time.Second, func() bool { return first(scaleout.ErrPublish, "NOPERM") != nil }) {
 			t.Errorf("no NOPERM publish error reported")
+		}
+		if err := first(scaleout.ErrPublish, "NOPERM"); err != nil && !errors.Is(err, scaleout.ErrRejected) {
+			t.Errorf("NOPERM publish error does not wrap ErrRejected (it would be retried): %v", err)
 		}
 		t.Logf("refusal: %v", first(nil, "NOPERM"))
 		t.Logf("subscribe: %v", first(scaleout.ErrSubscribe, ""))

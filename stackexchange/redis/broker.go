@@ -228,7 +228,7 @@ func (b *broker) Unsubscribe(ctx context.Context, channels ...string) error {
 func (b *broker) Publish(ctx context.Context, channel string, payload []byte) (int, error) {
 	n, err := b.client.Publish(ctx, channel, payload).Result()
 	if err != nil {
-		return 0, err
+		return 0, rejected(err)
 	}
 	if b.cluster {
 		return -1, nil // PUBLISH counts one cluster node's subscribers only.
@@ -288,3 +288,21 @@ func (b *broker) Subscribers(ctx context.Context, channel string) (int, error) {
 }
 
 var _ scaleout.BrokerInspector = (*broker)(nil)
+
+// rejected wraps scaleout.ErrRejected around an error reply of the server
+// that a retry cannot change (NOPERM, WRONGTYPE, ...), so the engine does
+// not retry it. Replies of a server in transition (LOADING, READONLY during
+// a failover, CLUSTERDOWN, TRYAGAIN, MASTERDOWN) and network errors are left
+// as they are: retried until PublishTimeout.
+func rejected(err error) error {
+	var reply goredis.Error
+	if !errors.As(err, &reply) {
+		return err
+	}
+	for _, transient := range []string{"LOADING", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN"} {
+		if strings.HasPrefix(err.Error(), transient) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: %w", scaleout.ErrRejected, err)
+}
