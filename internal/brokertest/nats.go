@@ -208,8 +208,13 @@ func (n *NATS) PID() int {
 	return n.cmd.Process.Pid
 }
 
-// Kill sends SIGKILL to the server and waits for it to exit.
-func (n *NATS) Kill() { n.kill() }
+// Kill sends SIGKILL to the server and waits for it to exit. It returns
+// nil: the signature is the one Redis.Kill and stackexchangetest.Process
+// have.
+func (n *NATS) Kill() error {
+	n.kill()
+	return nil
+}
 
 func (n *NATS) kill() {
 	n.mu.Lock()

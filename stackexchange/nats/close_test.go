@@ -24,7 +24,7 @@ func TestCloseWithBrokerDown(t *testing.T) {
 	if err := exc.Init(neffos.Namespaces{"ns": nil}); err != nil {
 		t.Fatal(err)
 	}
-	n.Kill()
+	_ = n.Kill()
 	exc.Publish([]neffos.Message{{Namespace: "ns", Event: "e"}}) // fails: the broker is gone
 	done := make(chan error, 1)
 	go func() { done <- exc.Close() }()

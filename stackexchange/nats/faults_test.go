@@ -270,7 +270,7 @@ func testOutage(t *testing.T, mode outage, body int) {
 	var outageLen time.Duration
 	switch mode {
 	case outageKill:
-		broker.Kill()
+		_ = broker.Kill()
 		outageLen = 3 * time.Second
 		t.Logf("nats-server pid %d killed (SIGKILL) with %d publishes done", pid, tr.sent.Load())
 	case outagePause:

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/neffos-contrib/scaleout"
+	"github.com/neffos-contrib/scaleout/internal/brokertest"
 	"github.com/neffos-contrib/scaleout/stackexchange/nats"
 	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
 )
@@ -666,6 +667,22 @@ func TestConformance(t *testing.T) {
 		exc.SubjectPrefix = channel
 		exc.MonitorURL = monitor
 		return exc
+	})
+}
+
+// TestFaults runs the conformance package's broker-fault rules on a
+// nats-server process of the test's own.
+func TestFaults(t *testing.T) {
+	stackexchangetest.RunFaults(t, func(t *testing.T) (stackexchangetest.Process, stackexchangetest.Factory) {
+		n := brokertest.NewNATS(t)
+		return n, func(t testing.TB, channel string) neffos.StackExchange {
+			exc, err := nats.NewStackExchange(n.URL)
+			if err != nil {
+				t.Fatalf("NewStackExchange: %v", err)
+			}
+			exc.SubjectPrefix = channel
+			return exc
+		}
 	})
 }
 
