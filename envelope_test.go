@@ -129,3 +129,25 @@ func TestAskToken(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeVersion1: envelopes of nodes that predate sequence numbers are
+// still read, unsequenced.
+func TestDecodeVersion1(t *testing.T) {
+	e := sampleEnvelopes()[1]
+	v2 := encodeEnvelope(&e)
+	// Version 1 is version 2 without the stream and seq varints (both 0
+	// here: one byte each), right after the id.
+	var v1 []byte
+	v1 = append(v1, v2[:2]...)
+	v1 = append(v1, envelopeV1)
+	head := len(appendString(v2[:5:5], e.origin)) + 1 // + the id's one byte
+	v1 = append(v1, v2[3:head]...)
+	v1 = append(v1, v2[head+2:]...)
+	got, err := decodeEnvelope(v1)
+	if err != nil {
+		t.Fatalf("version 1: %v", err)
+	}
+	if got.stream != 0 || got.seq != 0 || got.event != e.event || !bytes.Equal(got.body, e.body) || got.exclude != e.exclude {
+		t.Errorf("version 1 decoded as %+v", got)
+	}
+}

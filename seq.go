@@ -97,7 +97,7 @@ type gap struct {
 	since    time.Time
 }
 
-// Missed describes numbers of a stream given up on: they never arrived.
+// missed describes numbers of a stream given up on: they never arrived.
 type missed struct {
 	origin, channel string
 	from, to        uint64
