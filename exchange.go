@@ -40,12 +40,13 @@ const (
 // each part with its own lock: the hub (local connections, their
 // namespaces and rooms, one bounded queue each), subs (broker subscriptions
 // and the goroutine that applies them in batches), asks (pending
-// Server.Asks) and the reporter (the goroutine that calls ErrorHandler and
-// Logger). The lock order is one rule: hub.mu before a peer's mu; every
-// other lock is a leaf, and no engine lock is held while calling into
-// neffos (Conn.Write, Namespace, Room, Is, ...), the Broker, or user code
-// (ErrorHandler, Logger, handlers), so a neffos handler that holds a
-// connection's lock can always broadcast.
+// Server.Asks), the reporter (the goroutine that calls ErrorHandler and
+// Logger) and the sequence numbers (senders, receivers). The lock order is
+// one chain, deliverMu (a received message's number check and fan-out) then
+// hub.mu then a peer's mu; every other lock is a leaf, and no engine lock
+// is held while calling into neffos (Conn.Write, Namespace, Room, Is, ...),
+// the Broker, or user code (ErrorHandler, Logger, handlers), so a neffos
+// handler that holds a connection's lock can always broadcast.
 //
 // Fan-out runs on the caller's goroutine (Publish's, or the broker's
 // receive loop) and never waits: it only appends to queues. Every queue is
@@ -81,6 +82,8 @@ type Exchange struct {
 	lazy   map[*neffos.Conn]map[string]struct{} // namespaces subscribed per conn when Init was not called
 
 	present sync.Map // client channel -> time.Time until which it is known subscribed
+
+	deliverMu sync.Mutex // held by deliver across accept and fan-out
 
 	outbox chan outgoing // not-here answers, published off the receive loop
 
@@ -437,6 +440,11 @@ func (e *Exchange) deliver(channel string, payload []byte) {
 	if env.origin == e.node {
 		return // own echo: local clients were served directly.
 	}
+	// Taking a number and fanning its message out is one step, so that two
+	// receive loops (one per broker, Redundant) cannot swap two messages of
+	// one origin between the check and the queues.
+	e.deliverMu.Lock()
+	defer e.deliverMu.Unlock()
 	fresh, lost := e.recv.accept(channel, &env, time.Now())
 	e.reportMissed(lost)
 	if !fresh {

@@ -20,7 +20,10 @@ import (
 //     gapWait (a second broker, or a retry, may still bring it) is counted
 //     (Stats.Missed) and reported once, with the origin, channel and range;
 //   - the first number seen on a stream is where the receiver starts: what
-//     came before it was not for this node.
+//     came before it may not have been for this node, so a lower number
+//     that arrives later (publishes of one origin may overtake each other
+//     when several goroutines publish at once) is delivered, and never
+//     counted missed.
 //
 // A node forgets a channel's receive state when it unsubscribes the
 // channel, and a stream idle for streamIdle.
@@ -91,10 +94,12 @@ type recvStream struct {
 	seen time.Time
 }
 
-// gap is a range of numbers not seen yet, [from, to].
+// gap is a range of numbers not seen yet, [from, to]. A silent gap is the
+// range below a stream's first number: it is not counted when it expires.
 type gap struct {
 	from, to uint64
 	since    time.Time
+	silent   bool
 }
 
 // missed describes numbers of a stream given up on: they never arrived.
@@ -127,7 +132,11 @@ func (r *receivers) accept(channel string, env *envelope, now time.Time) (fresh 
 	}
 	st := byOrigin[env.origin]
 	if st == nil || st.id != env.stream {
-		byOrigin[env.origin] = &recvStream{id: env.stream, high: env.seq, seen: now}
+		st = &recvStream{id: env.stream, high: env.seq, seen: now}
+		if env.seq > 1 {
+			st.gaps = []gap{{from: 1, to: env.seq - 1, since: now, silent: true}}
+		}
+		byOrigin[env.origin] = st
 		return true, nil
 	}
 	st.seen = now
@@ -138,7 +147,9 @@ func (r *receivers) accept(channel string, env *envelope, now time.Time) (fresh 
 			for len(st.gaps) > maxGaps {
 				g := st.gaps[0]
 				st.gaps = st.gaps[1:]
-				lost = append(lost, r.lose(env.origin, channel, g))
+				if !g.silent {
+					lost = append(lost, r.lose(env.origin, channel, g))
+				}
 			}
 		}
 		st.high = seq
@@ -181,10 +192,11 @@ func (r *receivers) sweep(now time.Time) (lost []missed) {
 		for origin, st := range byOrigin {
 			keep := st.gaps[:0]
 			for _, g := range st.gaps {
-				if now.Sub(g.since) >= gapWait {
-					lost = append(lost, r.lose(origin, channel, g))
-				} else {
+				switch {
+				case now.Sub(g.since) < gapWait:
 					keep = append(keep, g)
+				case !g.silent:
+					lost = append(lost, r.lose(origin, channel, g))
 				}
 			}
 			st.gaps = keep

@@ -157,6 +157,26 @@ func NewStackExchange(url string, options ...nats.Option) (*StackExchange, error
 // NoEcho the node also reads its own publishes back, which the engine
 // ignores; NoEcho saves that traffic.
 func NewStackExchangeConn(nc *nats.Conn, opts scaleout.Options) (*StackExchange, error) {
+	b, err := connBroker(nc)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = defaultPrefix
+	}
+	return newExchange(b, opts), nil
+}
+
+// NewBroker returns the broker side of an exchange on the user's
+// connection, for an engine the user builds with scaleout.New, such as one
+// over several brokers (scaleout.Redundant). Its subscriptions share nc;
+// it never closes nc, and chains its reports after nc's handlers as
+// NewStackExchangeConn does.
+func NewBroker(nc *nats.Conn) (scaleout.Broker, error) {
+	return connBroker(nc)
+}
+
+func connBroker(nc *nats.Conn) (*broker, error) {
 	if nc == nil {
 		return nil, errors.New("scaleout/nats: nil connection")
 	}
@@ -166,10 +186,7 @@ func NewStackExchangeConn(nc *nats.Conn, opts scaleout.Options) (*StackExchange,
 	b := newBroker(false)
 	b.nc = nc
 	b.hookConn(nc)
-	if opts.Prefix == "" {
-		opts.Prefix = defaultPrefix
-	}
-	return newExchange(b, opts), nil
+	return b, nil
 }
 
 func newExchange(b *broker, opts scaleout.Options) *StackExchange {

@@ -673,9 +673,9 @@ func TestConformance(t *testing.T) {
 // TestFaults runs the conformance package's broker-fault rules on a
 // nats-server process of the test's own.
 func TestFaults(t *testing.T) {
-	stackexchangetest.RunFaults(t, func(t *testing.T) (stackexchangetest.Process, stackexchangetest.Factory) {
+	stackexchangetest.RunFaults(t, func(t *testing.T) ([]stackexchangetest.Process, stackexchangetest.Factory) {
 		n := brokertest.NewNATS(t)
-		return n, func(t testing.TB, channel string) neffos.StackExchange {
+		return []stackexchangetest.Process{n}, func(t testing.TB, channel string) neffos.StackExchange {
 			exc, err := nats.NewStackExchange(n.URL)
 			if err != nil {
 				t.Fatalf("NewStackExchange: %v", err)

@@ -149,9 +149,25 @@ func NewStackExchangeClient(client goredis.UniversalClient, opts scaleout.Option
 	if err := client.Ping(ctx).Err(); err != nil {
 		return nil, fmt.Errorf("%w: redis: %w", scaleout.ErrBrokerUnavailable, err)
 	}
-	_, cluster := client.(*goredis.ClusterClient)
-	b := newBroker(client, false, "", cluster)
+	b, err := NewBroker(client)
+	if err != nil {
+		return nil, err
+	}
 	return &StackExchange{Exchange: scaleout.New(b, opts)}, nil
+}
+
+// NewBroker returns the broker side of an exchange on the user's client,
+// for an engine the user builds with scaleout.New, such as one over
+// several brokers (scaleout.Redundant). It holds one pub/sub connection of
+// its own, from client, and publishes through client; it never closes
+// client. It does not check that Redis answers; NewStackExchangeClient
+// does.
+func NewBroker(client goredis.UniversalClient) (scaleout.Broker, error) {
+	if client == nil {
+		return nil, errors.New("scaleout/redis: nil client")
+	}
+	_, cluster := client.(*goredis.ClusterClient)
+	return newBroker(client, false, "", cluster), nil
 }
 
 func withDefaults(o scaleout.Options) scaleout.Options {

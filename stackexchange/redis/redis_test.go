@@ -78,9 +78,9 @@ func TestConformance(t *testing.T) {
 // TestFaults runs the conformance package's broker-fault rules on a
 // redis-server of the test's own.
 func TestFaults(t *testing.T) {
-	stackexchangetest.RunFaults(t, func(t *testing.T) (stackexchangetest.Process, stackexchangetest.Factory) {
+	stackexchangetest.RunFaults(t, func(t *testing.T) ([]stackexchangetest.Process, stackexchangetest.Factory) {
 		r := ownRedis(t)
-		return r, func(t testing.TB, channel string) neffos.StackExchange {
+		return []stackexchangetest.Process{r}, func(t testing.TB, channel string) neffos.StackExchange {
 			exc, err := redis.NewStackExchange(redis.Config{Addr: r.Addr}, channel)
 			if err != nil {
 				t.Fatalf("NewStackExchange: %v", err)

@@ -1,6 +1,7 @@
 package stackexchangetest
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -22,26 +23,65 @@ type Process interface {
 	Restart() error
 }
 
-// FaultFactory starts a broker process of the test's own and returns it
-// with a Factory of exchanges connected to it.
-type FaultFactory func(t *testing.T) (Process, Factory)
+// FaultFactory starts the broker processes of a test's own and returns
+// them with a Factory of exchanges connected to them: one process for an
+// exchange on one broker, several for an exchange over several brokers
+// (scaleout.Redundant), each of which alone must carry the traffic.
+type FaultFactory func(t *testing.T) ([]Process, Factory)
 
 // RunFaults checks the rules that take a broker down, against the
-// exchanges f builds on a broker process of their own. Each rule is a named
+// exchanges f builds on broker processes of their own. Each rule is a named
 // subtest with a watchdog, like Run's.
 func RunFaults(t *testing.T, f FaultFactory) {
-	rules := []struct {
-		name string
-		fn   func(*testing.T, Process, Factory)
-	}{
+	runFaults(t, f, 1, []faultRule{
 		{"Fault/KillRestart/NothingLostAfterReturn", testKillRestart},
-	}
+	})
+}
+
+// RunRedundancyFaults checks the rules of an exchange over several brokers
+// (scaleout.Redundant): f must return at least two processes, and any one
+// of them alone must carry the traffic.
+func RunRedundancyFaults(t *testing.T, f FaultFactory) {
+	runFaults(t, f, 2, []faultRule{
+		{"Fault/Redundant/KillEither", testRedundantKill},
+	})
+}
+
+type faultRule struct {
+	name string
+	fn   func(*testing.T, []Process, Factory)
+}
+
+func runFaults(t *testing.T, f FaultFactory, minProcs int, rules []faultRule) {
 	for _, r := range rules {
 		t.Run(r.name, func(t *testing.T) {
-			watchdog(t, 2*time.Minute)
-			p, factory := f(t)
-			r.fn(t, p, factory)
+			watchdog(t, 3*time.Minute)
+			procs, factory := f(t)
+			if len(procs) < minProcs {
+				t.Fatalf("the FaultFactory returned %d broker processes; this rule needs %d", len(procs), minProcs)
+			}
+			r.fn(t, procs, factory)
 		})
+	}
+}
+
+// killAll kills every process in ps.
+func killAll(t *testing.T, ps ...Process) {
+	t.Helper()
+	for _, p := range ps {
+		if err := p.Kill(); err != nil {
+			t.Fatalf("kill a broker: %v", err)
+		}
+	}
+}
+
+// restartAll restarts every process in ps.
+func restartAll(t *testing.T, ps ...Process) {
+	t.Helper()
+	for _, p := range ps {
+		if err := p.Restart(); err != nil {
+			t.Fatalf("restart a broker: %v", err)
+		}
 	}
 }
 
@@ -51,12 +91,13 @@ const (
 )
 
 // testKillRestart: 3 nodes with 10 clients each, node 0 broadcasting
-// 50 msg/s; the broker is killed and restarted on the same port 3 s later;
+// 50 msg/s; the brokers are killed and restarted on the same ports 3 s
+// later;
 // nodes 1 and 2 publish nothing meanwhile. Once node 0's traffic crosses
 // nodes again, every node broadcasts a batch of 20: every client gets each
 // node's batch exactly once and in that node's order (a publish that meets
 // a connection the broker's death left behind must not lose the message).
-func testKillRestart(t *testing.T, p Process, f Factory) {
+func testKillRestart(t *testing.T, ps []Process, f Factory) {
 	const perNode, batch = 10, 20
 	cl := newCluster(t, f, Nodes, []string{ns}, false)
 	cs := spread(cl, perNode, ns)
@@ -96,14 +137,10 @@ func testKillRestart(t *testing.T, p Process, f Factory) {
 	if !waitUntil(20*time.Second, func() bool { return crossed(0) }) {
 		t.Fatal("node 0's broadcasts never reached the other nodes before the outage")
 	}
-	if err := p.Kill(); err != nil {
-		t.Fatalf("kill the broker: %v", err)
-	}
+	killAll(t, ps...)
 	killed := time.Now()
 	time.Sleep(3 * time.Second) // the outage's length, not synchronisation
-	if err := p.Restart(); err != nil {
-		t.Fatalf("restart the broker: %v", err)
-	}
+	restartAll(t, ps...)
 	back := time.Now()
 	atReturn := bgSeq.Load()
 	if !waitUntil(30*time.Second, func() bool { return crossed(atReturn) }) {
@@ -162,4 +199,155 @@ func testKillRestart(t *testing.T, p Process, f Factory) {
 func bodyInt(b []byte) int64 {
 	n, _ := strconv.ParseInt(string(b), 10, 64)
 	return n
+}
+
+// traffic broadcasts "<node>:<n>" from every node at 50 msg/s until stopped
+// (at most 3,000 messages per node).
+type traffic struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+	sent []atomic.Int64
+}
+
+func startTraffic(cl *cluster, event string) *traffic {
+	tr := &traffic{stop: make(chan struct{}), sent: make([]atomic.Int64, len(cl.nodes))}
+	for i, nd := range cl.nodes {
+		tr.wg.Add(1)
+		go func() {
+			defer tr.wg.Done()
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for k := 0; k < 3000; k++ {
+				select {
+				case <-tr.stop:
+					return
+				case <-tick.C:
+				}
+				nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: event, Body: fmt.Appendf(nil, "%d:%d", i, k)})
+				tr.sent[i].Add(1)
+			}
+		}()
+	}
+	return tr
+}
+
+func (tr *traffic) halt() {
+	select {
+	case <-tr.stop:
+	default:
+		close(tr.stop)
+	}
+	tr.wg.Wait()
+}
+
+// tally counts, over clients, the deliveries of event bodies "<node>:<n>"
+// that are missing or repeated against what each node sent.
+func tally(t *testing.T, clients []*client, event string, sent func(node int) int) (lost, dups int) {
+	t.Helper()
+	for _, c := range clients {
+		seen := map[string]int{}
+		for _, r := range c.messages() {
+			if r.event == event {
+				seen[string(r.body)]++
+			}
+		}
+		for i := 0; sent(i) >= 0; i++ {
+			for k := 0; k < sent(i); k++ {
+				switch n := seen[fmt.Sprintf("%d:%d", i, k)]; {
+				case n == 0:
+					lost++
+				case n > 1:
+					dups += n - 1
+				}
+			}
+		}
+	}
+	return lost, dups
+}
+
+// testRedundantKill: 3 nodes with 4 clients each, every node broadcasting
+// 50 msg/s, on an exchange over several brokers. Each broker in turn is
+// killed for 3 s and restarted: no cross-node message is lost or
+// duplicated, and a Server.Ask across nodes is answered during each
+// outage. Then every broker is down at once: each node's own clients are
+// still served; when they are back, cross-node delivery resumes by itself.
+func testRedundantKill(t *testing.T, ps []Process, f Factory) {
+	const evTraffic, evLocal, evProbe = "traffic", "local", "probe"
+	cl := newCluster(t, f, Nodes, []string{ns}, false)
+	if stats(cl) == nil {
+		t.Fatal("the exchange has no Stats() scaleout.Stats: this rule reads Duplicates to tell when a restarted broker carries traffic again")
+	}
+	cs := spread(cl, 4, ns)
+	target := cs[len(cs)-1] // on the last node
+	tr := startTraffic(cl, evTraffic)
+	defer tr.halt()
+
+	// bothCarry waits until every node reads each message twice again
+	// (its duplicates grow): the restarted broker delivers once more.
+	bothCarry := func(what string) {
+		t.Helper()
+		base := stats(cl)
+		if !waitUntil(30*time.Second, func() bool {
+			for i, s := range stats(cl) {
+				if s.Duplicates < base[i].Duplicates+20 {
+					return false
+				}
+			}
+			return true
+		}) {
+			t.Fatalf("%s: the nodes do not read from both brokers again within 30 s", what)
+		}
+	}
+	bothCarry("before the outages")
+	for i, p := range ps {
+		killAll(t, p)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		reply, err := cl.nodes[0].srv.Ask(ctx, neffos.Message{Namespace: ns, Event: evQuestion, To: target.id, Body: []byte("during")})
+		cancel()
+		if err != nil || string(reply.Body) != "answer:"+target.name+":during" {
+			t.Errorf("broker %d down: Ask across nodes = %q, %v", i, reply.Body, err)
+		}
+		time.Sleep(3*time.Second - time.Since(start)) // the outage's length
+		restartAll(t, p)
+		bothCarry(fmt.Sprintf("broker %d restarted", i))
+	}
+	tr.halt()
+	cl.barrier(ns, cs...)
+	lost, dups := tally(t, cs, evTraffic, func(i int) int {
+		if i >= len(tr.sent) {
+			return -1
+		}
+		return int(tr.sent[i].Load())
+	})
+	total := 0
+	for i := range tr.sent {
+		total += int(tr.sent[i].Load()) * len(cs)
+	}
+	t.Logf("%d deliveries expected across %d single-broker outages: %d lost, %d duplicated", total, len(ps), lost, dups)
+	if lost > 0 || dups > 0 {
+		t.Errorf("with one broker down at a time: %d of %d deliveries lost, %d duplicated; want none", lost, total, dups)
+	}
+
+	// Every broker down: a node still serves its own clients.
+	killAll(t, ps...)
+	for k := 0; k < 10; k++ {
+		cl.nodes[1].srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evLocal, Body: fmt.Appendf(nil, "1:%d", k)})
+	}
+	for _, c := range cs {
+		if c.node == 1 && !c.waitFor(10*time.Second, 10, func(r received) bool { return r.event == evLocal }) {
+			t.Errorf("every broker down: client %s on the publishing node got %d of 10 local messages", c.name, c.count(func(r received) bool { return r.event == evLocal }))
+		}
+	}
+	restartAll(t, ps...)
+	back := time.Now()
+	far := cs[0] // on node 0; probes from the last node
+	resumed := waitUntil(30*time.Second, func() bool {
+		cl.nodes[len(cl.nodes)-1].srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evProbe, Body: []byte("p")})
+		return far.waitFor(100*time.Millisecond, 1, func(r received) bool { return r.event == evProbe })
+	})
+	if !resumed {
+		t.Fatal("every broker back: cross-node delivery did not resume within 30 s")
+	}
+	t.Logf("every broker back: cross-node delivery resumed %v after the restart", time.Since(back).Round(time.Millisecond))
 }

@@ -1,0 +1,93 @@
+package redundancy_test
+
+import (
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	goredis "github.com/go-redis/redis/v8"
+	"github.com/kataras/neffos"
+	natsgo "github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/neffos-contrib/scaleout"
+	"github.com/neffos-contrib/scaleout/internal/brokertest"
+	"github.com/neffos-contrib/scaleout/stackexchange/nats"
+	"github.com/neffos-contrib/scaleout/stackexchange/redis"
+	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		// go-redis's pool retries a failed dial once a second from a
+		// goroutine that ends at its next wake-up after Close: give it 5 s.
+		// neffos v0.0.24's server loop has no exit; v0.0.25's exits on
+		// Close.
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			err = goleak.Find(goleak.IgnoreTopFunction("github.com/kataras/neffos.(*Server).start"))
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// factory builds exchanges over a Redis and a NATS server at once, each
+// node with its own go-redis client and NATS connection, as separate
+// machines would have.
+func factory(redisAddr, natsURL string) stackexchangetest.Factory {
+	return func(t testing.TB, channel string) neffos.StackExchange {
+		rc := goredis.NewClient(&goredis.Options{Addr: redisAddr, MaxRetries: -1, DialTimeout: time.Second})
+		t.Cleanup(func() { _ = rc.Close() })
+		nc, err := natsgo.Connect(natsURL, natsgo.NoEcho(), natsgo.MaxReconnects(-1),
+			natsgo.ReconnectWait(250*time.Millisecond), natsgo.FlusherTimeout(time.Second))
+		if err != nil {
+			t.Fatalf("nats: %v", err)
+		}
+		t.Cleanup(nc.Close)
+		rb, err := redis.NewBroker(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nb, err := nats.NewBroker(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return scaleout.New(scaleout.Redundant(rb, nb), scaleout.Options{Prefix: channel})
+	}
+}
+
+// TestConformance: the whole contract holds on an exchange over Redis and
+// NATS at once; in particular every client gets each message once, not
+// once per broker.
+func TestConformance(t *testing.T) {
+	r, err := brokertest.StartRedis()
+	if err != nil {
+		brokertest.Missing(t, "redis-server", fmt.Sprintf("install redis-server: %v", err))
+	}
+	t.Cleanup(r.Stop)
+	n := brokertest.NewNATS(t)
+	stackexchangetest.Run(t, factory(r.Addr, n.URL))
+}
+
+// TestFaults: either broker killed mid-traffic loses nothing; both down
+// still serve local clients; both back resume by themselves.
+func TestFaults(t *testing.T) {
+	stackexchangetest.RunRedundancyFaults(t, func(t *testing.T) ([]stackexchangetest.Process, stackexchangetest.Factory) {
+		r, err := brokertest.StartRedis()
+		if err != nil {
+			brokertest.Missing(t, "redis-server", fmt.Sprintf("install redis-server: %v", err))
+		}
+		t.Cleanup(r.Stop)
+		n := brokertest.NewNATS(t)
+		return []stackexchangetest.Process{r, n}, factory(r.Addr, n.URL)
+	})
+}
