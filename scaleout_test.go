@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 func TestConformanceMemory(t *testing.T) {
 	var mu sync.Mutex
 	brokers := map[string]*scaleout.MemoryBroker{}
-	stackexchangetest.Run(t, func(t testing.TB, channel string) neffos.StackExchange {
+	stackexchangetest.Run(t, func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		mu.Lock()
 		defer mu.Unlock()
 		mb := brokers[channel]
@@ -38,7 +38,8 @@ func TestConformanceMemory(t *testing.T) {
 			mb = scaleout.NewMemoryBroker()
 			brokers[channel] = mb
 		}
-		return scaleout.New(mb.Broker(), scaleout.Options{Prefix: channel})
+		opts.Prefix = channel
+		return scaleout.New(mb.Broker(), opts)
 	})
 }
 

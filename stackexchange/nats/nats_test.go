@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -659,12 +660,30 @@ func TestConnName(t *testing.T) {
 
 func TestConformance(t *testing.T) {
 	url, monitor := natsURL(t)
-	stackexchangetest.Run(t, func(t testing.TB, channel string) neffos.StackExchange {
-		exc, err := nats.NewStackExchange(url)
-		if err != nil {
-			t.Fatalf("NewStackExchange: %v", err)
+	stackexchangetest.Run(t, func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
+		if reflect.ValueOf(opts).IsZero() {
+			// The drop-in constructor, as users of neffos's exchange call it.
+			exc, err := nats.NewStackExchange(url)
+			if err != nil {
+				t.Fatalf("NewStackExchange: %v", err)
+			}
+			exc.SubjectPrefix = channel
+			exc.MonitorURL = monitor
+			return exc
 		}
-		exc.SubjectPrefix = channel
+		// The drop-in constructor takes no engine options: the rule's go
+		// through NewStackExchangeConn, on a connection set up as
+		// NewStackExchange sets up its own, closed after the exchange.
+		nc, err := natsgo.Connect(url, natsgo.NoEcho(), natsgo.MaxReconnects(-1), natsgo.FlusherTimeout(time.Second), natsgo.Name("scaleout-"+uniquePrefix()))
+		if err != nil {
+			t.Fatalf("connect to NATS: %v", err)
+		}
+		t.Cleanup(nc.Close) // before the suite's: runs after the exchange's Close
+		opts.Prefix = channel
+		exc, err := nats.NewStackExchangeConn(nc, opts)
+		if err != nil {
+			t.Fatalf("NewStackExchangeConn: %v", err)
+		}
 		exc.MonitorURL = monitor
 		return exc
 	})

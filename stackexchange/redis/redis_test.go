@@ -61,9 +61,11 @@ func needRedis(t testing.TB) string {
 	return redisAddr
 }
 
-func newExchange(t testing.TB, channel string) neffos.StackExchange {
+// newExchange is the suite's Factory: the drop-in constructor, with the
+// rule's engine options in Config.Options (channel is the prefix).
+func newExchange(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 	t.Helper()
-	exc, err := redis.NewStackExchange(redis.Config{Addr: needRedis(t)}, channel)
+	exc, err := redis.NewStackExchange(redis.Config{Addr: needRedis(t), Options: opts}, channel)
 	if err != nil {
 		t.Fatalf("NewStackExchange: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/kataras/neffos"
 	"github.com/kataras/neffos/gorilla"
 
+	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/neffostest"
 )
 
@@ -33,9 +34,16 @@ const (
 	// to everyone but the asker, then replies "rebroadcast".
 	evRebroadcast = "rebroadcast"
 	// the server broadcasts evLeft from OnRoomLeft and OnNamespaceDisconnect
-	// of namespace nsLeavers.
+	// of namespace nsLeavers, with Broadcast(nil, ...), and of namespace
+	// nsXLeft, with Broadcast(nsConn, ...) to room roomWatch ("X left", to
+	// everyone else who watches).
 	evLeft    = "left"
 	nsLeavers = "leavers"
+	nsXLeft   = "xleft"
+	roomWatch = "watch"
+	// Server.Ask; clients reply with the error errKnown, registered with
+	// neffos.RegisterKnownError.
+	evQuestionErr = "questionErr"
 )
 
 // node is one neffos server with its own exchange, as a separate machine
@@ -59,8 +67,17 @@ type cluster struct {
 	fences  atomic.Int64
 }
 
-// newCluster starts n nodes on loopback sharing one channel prefix.
+// newCluster starts n nodes on loopback sharing one channel prefix, with
+// the zero scaleout.Options.
 func newCluster(t *testing.T, f Factory, n int, namespaces []string, native bool) *cluster {
+	t.Helper()
+	return newClusterOpts(t, f, n, namespaces, native, nil)
+}
+
+// newClusterOpts is newCluster with the engine options opts returns for
+// each node (nil: the zero value). opts runs before the node's factory
+// call; nd.exc is set right after it, before the node serves anything.
+func newClusterOpts(t *testing.T, f Factory, n int, namespaces []string, native bool, opts func(nd *node) scaleout.Options) *cluster {
 	t.Helper()
 	cl := &cluster{t: t, nss: namespaces, native: native, emits: map[string][]int{}}
 	channel := uniqueChannel(t)
@@ -85,7 +102,11 @@ func newCluster(t *testing.T, f Factory, n int, namespaces []string, native bool
 			}
 			return neffos.DefaultIDGenerator(w, r)
 		}
-		exc := f(t, channel)
+		var o scaleout.Options
+		if opts != nil {
+			o = opts(nd)
+		}
+		exc := f(t, channel, o)
 		if exc == nil {
 			t.Fatalf("factory returned a nil exchange")
 		}
@@ -142,6 +163,18 @@ func (cl *cluster) serverHandler(nd *node) neffos.ConnHandler {
 			left := func(kind string) neffos.MessageHandlerFunc {
 				return func(c *neffos.NSConn, m neffos.Message) error {
 					c.Conn.Server().Broadcast(nil, neffos.Message{Namespace: nsLeavers, Event: evLeft, Body: []byte(kind + ":" + c.Conn.ID())})
+					return nil
+				}
+			}
+			nss[ns] = neffos.Events{neffos.OnRoomLeft: left("room"), neffos.OnNamespaceDisconnect: left("ns")}
+			continue
+		}
+		if ns == nsXLeft {
+			// "X left", to everyone but X: Broadcast(nsConn, ...), which the
+			// exchange resolves to a connection, from inside neffos's lock.
+			left := func(kind string) neffos.MessageHandlerFunc {
+				return func(c *neffos.NSConn, m neffos.Message) error {
+					c.Conn.Server().Broadcast(c, neffos.Message{Namespace: nsXLeft, Room: roomWatch, Event: evLeft, Body: []byte(kind + ":" + c.Conn.ID())})
 					return nil
 				}
 			}
@@ -224,6 +257,9 @@ type dialOpts struct {
 	slow   bool   // tiny socket buffers on both ends; the client can stall
 	refuse bool   // the server's OnConnect refuses the connection
 	seq    bool   // count evMsg bodies as a sequence instead of recording them
+	// guard, when set, runs each neffos call (Dial, Connect) through
+	// guard: a call blocked for callTimeout fails the rule.
+	guard *testing.T
 }
 
 func (cl *cluster) tryDial(name string, nodeIdx int, nss ...string) (*client, error) {
@@ -247,6 +283,9 @@ func (cl *cluster) dialWith(name string, nodeIdx int, o dialOpts, nss ...string)
 				}
 				if m.Event == evQuestion {
 					return neffos.Reply([]byte("answer:" + c.name + ":" + string(m.Body)))
+				}
+				if m.Event == evQuestionErr {
+					return errKnown
 				}
 				if c.seq && m.Event == evMsg {
 					c.sequence(m.Body)
@@ -278,14 +317,21 @@ func (cl *cluster) dialWith(name string, nodeIdx int, o dialOpts, nss ...string)
 	if len(q) > 0 {
 		u += "/?" + q.Encode()
 	}
-	nc, err := neffos.Dial(ctx, dialer, u, handler)
+	run := func(_ string, call func()) { call() }
+	if o.guard != nil {
+		run = func(what string, call func()) { guard(o.guard, what, call) }
+	}
+	var nc *neffos.Client
+	var err error
+	run(fmt.Sprintf("Dial %s to node %d", name, nodeIdx), func() { nc, err = neffos.Dial(ctx, dialer, u, handler) })
 	if err != nil {
 		return nil, err
 	}
 	c.c, c.id = nc, nc.ID
 	for _, ns := range nss {
 		c.settle()
-		nsc, err := nc.Connect(ctx, ns)
+		var nsc *neffos.NSConn
+		run(fmt.Sprintf("Connect %s to namespace %q on node %d", name, ns, nodeIdx), func() { nsc, err = nc.Connect(ctx, ns) })
 		if err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("connect %q: %w", ns, err)
@@ -427,15 +473,39 @@ func expectCount(t *testing.T, rule string, c *client, want int, event, body str
 // watchdog fails a hung implementation instead of letting it hang the run:
 // when d passes it panics with every goroutine's stack.
 func watchdog(t *testing.T, d time.Duration) {
-	name := t.Name()
-	timer := time.AfterFunc(d, func() {
-		debug.SetTraceback("all")
-		panic(fmt.Sprintf("stackexchangetest: %s did not finish in %v: the exchange hangs", name, d))
-	})
+	timer := panicAfter(d, fmt.Sprintf("stackexchangetest: %s did not finish in %v: the exchange hangs", t.Name(), d))
 	t.Cleanup(func() { timer.Stop() })
+}
+
+// callTimeout bounds every single call that guard runs.
+const callTimeout = 5 * time.Second
+
+// guard runs call, one neffos call (Dial, Connect, JoinRoom, Leave,
+// Disconnect, Broadcast, Close), and fails the rule when it is blocked for
+// more than callTimeout: a call blocked that long is a deadlock, which
+// would also block the test's cleanup, so guard panics with the rule, the
+// call and every goroutine's stack rather than hang the run.
+func guard(t *testing.T, what string, call func()) {
+	timer := panicAfter(callTimeout, fmt.Sprintf("stackexchangetest: %s: %s blocked for more than %v: the exchange deadlocks", t.Name(), what, callTimeout))
+	defer timer.Stop()
+	call()
+}
+
+// panicAfter panics with msg and every goroutine's stack when d passes,
+// unless the returned timer is stopped first.
+func panicAfter(d time.Duration, msg string) *time.Timer {
+	return time.AfterFunc(d, func() {
+		debug.SetTraceback("all")
+		panic(msg)
+	})
 }
 
 var (
 	errBoom    = errors.New("boom; ünïcødé error")
 	errRefused = errors.New("refused by the server's OnConnect")
+	// errKnown is what clients return to evQuestionErr; registered with
+	// neffos, so neffos resolves its text back to this value.
+	errKnown = errors.New("stackexchangetest: a known error")
 )
+
+func init() { neffos.RegisterKnownError(errKnown) }

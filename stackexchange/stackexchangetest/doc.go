@@ -5,8 +5,8 @@
 // named subtest.
 //
 //	func TestConformance(t *testing.T) {
-//		stackexchangetest.Run(t, func(t testing.TB, channel string) neffos.StackExchange {
-//			exc, err := redis.NewStackExchange(redis.Config{Addr: addr}, channel)
+//		stackexchangetest.Run(t, func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
+//			exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: opts}, channel)
 //			if err != nil {
 //				t.Fatal(err)
 //			}
@@ -23,4 +23,14 @@
 // broadcast sent the moment their Connect returned; and with 300 clients on
 // 3 nodes, at most 3 broker connections per node and one namespace
 // subscription per node (when the exchange implements scaleout.Inspector).
+//
+// A rule passes engine options to the factory (opts: an ErrorHandler, a
+// Logger, a small QueueSize; the zero value for most rules). Rules also
+// cover user code that calls back into the exchange while nodes are busy:
+// "X left" broadcast with Broadcast(nsConn, ...) from OnRoomLeft and
+// OnNamespaceDisconnect during thousands of connect/leave cycles, and a
+// slow ErrorHandler and Logger that read Stats during a slow-consumer
+// episode and a connect storm; a Broadcast that both excludes a client and
+// is To it reaches nobody; an error registered with neffos.RegisterKnownError
+// comes back from Server.Ask as that error.
 package stackexchangetest

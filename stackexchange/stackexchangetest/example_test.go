@@ -15,15 +15,16 @@ import (
 // stackexchangetest.Run(t, factory).
 func ExampleFactory() {
 	brokers := map[string]*scaleout.MemoryBroker{}
-	var factory stackexchangetest.Factory = func(t testing.TB, channel string) neffos.StackExchange {
+	var factory stackexchangetest.Factory = func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		if brokers[channel] == nil {
 			brokers[channel] = scaleout.NewMemoryBroker()
 		}
-		return scaleout.New(brokers[channel].Broker(), scaleout.Options{Prefix: channel})
+		opts.Prefix = channel // opts carries what a rule needs; the channel is the prefix
+		return scaleout.New(brokers[channel].Broker(), opts)
 	}
 	// Run calls it once per node; here, by hand, for two nodes of one app.
-	a := factory(nil, "app").(scaleout.StackExchange)
-	b := factory(nil, "app").(scaleout.StackExchange)
+	a := factory(nil, "app", scaleout.Options{}).(scaleout.StackExchange)
+	b := factory(nil, "app", scaleout.Options{}).(scaleout.StackExchange)
 	defer a.Close()
 	defer b.Close()
 	fmt.Println("nodes share a broker:", len(brokers) == 1)

@@ -20,7 +20,14 @@ import (
 // built with different channels must not see each other's messages. The
 // suite closes each exchange (when it has a Close() error method) after its
 // neffos server, at the end of the subtest.
-type Factory func(t testing.TB, channel string) neffos.StackExchange
+//
+// opts are the engine options the rule needs (ErrorHandler, Logger,
+// QueueSize, ...), and the zero value for most rules; the factory passes
+// them to the engine as they are (an exchange that is not built on
+// scaleout.Exchange may ignore them). opts.Prefix is never set: channel is
+// the prefix, passed as the adapter's channel (or SubjectPrefix) argument
+// as before.
+type Factory func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange
 
 // Nodes is the number of nodes each rule runs on.
 const Nodes = 3
@@ -35,6 +42,9 @@ const ns = "chat"
 //
 // Two heavy rules (a stalled client among 100 readers of 10,000
 // broadcasts; 20,000 connect/disconnect cycles) are skipped with -short.
+// The rules that look for deadlocks (Handlers/XLeft,
+// Handlers/SlowErrorHandler) also bound every single neffos call they make
+// to 5 s, and panic with every goroutine's stack when one is blocked longer.
 //
 // When the exchanges implement scaleout.Inspector (the broker reports what
 // its server counts) the suite also checks the O(1)-per-node rule; when they
@@ -53,6 +63,7 @@ func Run(t *testing.T, f Factory) {
 		{"Broadcast/ExcludeNSConn", testExcludeNSConn, 0},
 		{"Broadcast/ExcludeID/FromOwnNode", func(t *testing.T, f Factory) { testExcludeID(t, f, true) }, 0},
 		{"Broadcast/ExcludeID/FromOtherNode", func(t *testing.T, f Factory) { testExcludeID(t, f, false) }, 0},
+		{"Broadcast/ToExcluded", testToExcluded, 0},
 		{"Broadcast/ConcurrentFromAllNodes", testConcurrent, 0},
 		{"Message/Binary", testBinary, 0},
 		{"Message/Err", testErr, 0},
@@ -65,6 +76,7 @@ func Run(t *testing.T, f Factory) {
 		{"Ask/Deadline", testAskDeadline, 0},
 		{"Ask/ToNowhere/FailsFast", testAskNowhere, 0},
 		{"Ask/Concurrent/NoBrokerConnPerAsk", testAskConcurrent, 0},
+		{"Ask/KnownError", testAskKnownError, 0},
 		{"Emit/ClientToServer", testEmitClientToServer, 0},
 		{"Emit/ServerToClient", testEmitServerToClient, 0},
 		{"Disconnect/ReleasesResources", testRelease, 0},
@@ -79,6 +91,8 @@ func Run(t *testing.T, f Factory) {
 		{"Reliability/Churn20000/BackToBaseline", heavy(testChurn), 4 * time.Minute},
 		{"Close/MidAsk", testCloseMidAsk, 0},
 		{"Handlers/BroadcastFromLeaveAndDisconnect", testBroadcastFromLeaveHandlers, 0},
+		{"Handlers/XLeft", testXLeft, 2 * time.Minute},
+		{"Handlers/SlowErrorHandler", testSlowErrorHandler, time.Minute},
 	}
 	for _, r := range rules {
 		t.Run(r.name, func(t *testing.T) {
@@ -235,6 +249,42 @@ func testExcludeID(t *testing.T, f Factory, ownNode bool) {
 	cl.nodes[from].srv.Broadcast(neffos.Exclude(excluded.id), neffos.Message{Namespace: ns, Event: evMsg, Body: []byte("x-id")})
 	cl.barrier(ns, cs...)
 	expectAllBut(t, "Broadcast(neffos.Exclude(id)) reaches everyone but id, on every node", cs, excluded, "x-id")
+}
+
+// testToExcluded: a message To a client that the same Broadcast excludes,
+// by neffos.Exclude(id) or by its *NSConn, reaches nobody: neffos checks
+// the exclusion first. From the client's own node and from another node.
+func testToExcluded(t *testing.T, f Factory) {
+	const rule = "Broadcast/ToExcluded"
+	cl := newCluster(t, f, Nodes, []string{ns}, false)
+	cs := spread(cl, 2, ns)
+	target := cs[2] // node 1
+	nsc := cl.conn(target).Namespace(ns)
+	if nsc == nil {
+		t.Fatal("server-side NSConn missing")
+	}
+	other := (target.node + 1) % Nodes
+	cases := []struct {
+		what string
+		from int
+		excl fmt.Stringer
+	}{
+		{"Broadcast(neffos.Exclude(id), To: id) from its own node", target.node, neffos.Exclude(target.id)},
+		{"Broadcast(neffos.Exclude(id), To: id) from another node", other, neffos.Exclude(target.id)},
+		{"Broadcast(nsConn, To: nsConn's id) from its own node", target.node, nsc},
+		{"Broadcast(nsConn, To: nsConn's id) from another node", other, nsc},
+	}
+	for i, c := range cases {
+		cl.nodes[c.from].srv.Broadcast(c.excl, neffos.Message{Namespace: ns, Event: evMsg, To: target.id, Body: []byte(fmt.Sprintf("to-excluded-%d", i))})
+	}
+	cl.barrier(ns, cs...) // anything late has arrived by now
+	for i, c := range cases {
+		for _, o := range cs {
+			if n := o.count(withBody(evMsg, fmt.Sprintf("to-excluded-%d", i))); n != 0 {
+				t.Errorf("%s: %s: client %s on node %d (the target: %v) got it %d times, want 0", rule, c.what, o.name, o.node, o == target, n)
+			}
+		}
+	}
 }
 
 func testConcurrent(t *testing.T, f Factory) {
@@ -449,6 +499,27 @@ func testAskTo(t *testing.T, f Factory, sameNode bool) {
 	}
 	if want := "answer:" + target.name + ":q1"; string(reply.Body) != want {
 		t.Fatalf("Ask reply body %q, want %q", reply.Body, want)
+	}
+}
+
+// testAskKnownError: a client's handler returns an error registered with
+// neffos.RegisterKnownError to a Server.Ask; the asking server gets that
+// very error (errors.Is), from the same node and from another node, as
+// neffos's own deserializer resolves it.
+func testAskKnownError(t *testing.T, f Factory) {
+	const rule = "Ask/KnownError"
+	cl := newCluster(t, f, Nodes, []string{ns}, false)
+	cs := spread(cl, 1, ns)
+	target := cs[2] // node 2
+	for _, from := range []int{target.node, 0} {
+		where := "the same node"
+		if from != target.node {
+			where = "another node"
+		}
+		_, err := ask(t, cl.nodes[from].srv, 10*time.Second, neffos.Message{Namespace: ns, Event: evQuestionErr, To: target.id, Body: []byte("q")})
+		if !errors.Is(err, errKnown) {
+			t.Errorf("%s: Server.Ask from %s to a client whose handler returns a known error: err = %v (%T), want errors.Is(err, %q)", rule, where, err, err, errKnown)
+		}
 	}
 }
 
