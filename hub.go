@@ -280,7 +280,8 @@ func (h *hub) hook(ns string) {
 // excluded resolves who a broadcast must skip: the exact local connection
 // of Broadcast(conn or nsConn), carried by neffos in m.FromExplicit, and
 // the connection id other nodes must skip (that connection's id, or
-// neffos.Exclude(id)'s).
+// neffos.Exclude(id)'s). A conn of another server is skipped by its id
+// here too.
 func (h *hub) excluded(m *neffos.Message) (*peer, string) {
 	if from := fromOf(m); from != "" {
 		return nil, from
@@ -292,7 +293,9 @@ func (h *hub) excluded(m *neffos.Message) (*peer, string) {
 	p := h.bySID[m.FromExplicit]
 	h.mu.RUnlock()
 	if p == nil {
-		return nil, ""
+		// Another server's connection: skip every connection with its id.
+		id, _ := idOfServerConnID(m.FromExplicit)
+		return nil, id
 	}
 	return p, p.id
 }

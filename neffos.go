@@ -54,6 +54,24 @@ func serverConnIDOf(c *neffos.Conn) string {
 	return reflect.ValueOf(c).Elem().FieldByIndex(serverConnIDField).String()
 }
 
+// idOfServerConnID returns the connection id inside a server connection
+// id, "neffos(0x<server uuid>(<id><%p of the conn>))", for a
+// Broadcast(conn) whose conn belongs to another server: the engine then
+// excludes that id. Pinned by TestPinServerConnID.
+func idOfServerConnID(sid string) (string, bool) {
+	const head, tail = "neffos(0x", "))"
+	if !strings.HasPrefix(sid, head) || !strings.HasSuffix(sid, tail) {
+		return "", false
+	}
+	s := sid[len(head) : len(sid)-len(tail)]
+	i := strings.IndexByte(s, '(')
+	j := strings.LastIndex(s, "0x")
+	if i < 0 || j <= i {
+		return "", false
+	}
+	return s[i+1 : j], true
+}
+
 // Ask tokens. neffos keeps a server Ask's wait token in an unexported field
 // and strips one '!' marker from its second byte at each of up to three
 // places on the way (the node deserializing the question, a v0.0.24 client,

@@ -111,6 +111,9 @@ func TestPinServerConnID(t *testing.T) {
 	if sid == "" || !c.Is(sid) {
 		t.Fatalf("serverConnIDOf = %q; Conn.Is does not match it", sid)
 	}
+	if id, ok := idOfServerConnID(sid); !ok || id != c.ID() {
+		t.Errorf("idOfServerConnID(%q) = %q, %v; want %q", sid, id, ok, c.ID())
+	}
 	srv.Broadcast(c, neffos.Message{Namespace: "a", Event: "e"})
 	if got := capt.last(t).FromExplicit; got != sid {
 		t.Errorf("Broadcast(conn): FromExplicit = %q, want %q", got, sid)

@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 // node with its own go-redis client and NATS connection, as separate
 // machines would have.
 func factory(redisAddr, natsURL string) stackexchangetest.Factory {
-	return func(t testing.TB, channel string) neffos.StackExchange {
+	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		rc := goredis.NewClient(&goredis.Options{Addr: redisAddr, MaxRetries: -1, DialTimeout: time.Second})
 		t.Cleanup(func() { _ = rc.Close() })
 		nc, err := natsgo.Connect(natsURL, natsgo.NoEcho(), natsgo.MaxReconnects(-1),
@@ -61,7 +61,8 @@ func factory(redisAddr, natsURL string) stackexchangetest.Factory {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return scaleout.New(scaleout.Redundant(rb, nb), scaleout.Options{Prefix: channel})
+		opts.Prefix = channel
+		return scaleout.New(scaleout.Redundant(rb, nb), opts)
 	}
 }
 

@@ -660,7 +660,12 @@ func TestConnName(t *testing.T) {
 
 func TestConformance(t *testing.T) {
 	url, monitor := natsURL(t)
-	stackexchangetest.Run(t, func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
+	stackexchangetest.Run(t, factory(url, monitor))
+}
+
+// factory builds the suite's exchanges on the NATS server at url.
+func factory(url, monitor string) stackexchangetest.Factory {
+	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		if reflect.ValueOf(opts).IsZero() {
 			// The drop-in constructor, as users of neffos's exchange call it.
 			exc, err := nats.NewStackExchange(url)
@@ -686,7 +691,7 @@ func TestConformance(t *testing.T) {
 		}
 		exc.MonitorURL = monitor
 		return exc
-	})
+	}
 }
 
 // TestFaults runs the conformance package's broker-fault rules on a
@@ -694,14 +699,7 @@ func TestConformance(t *testing.T) {
 func TestFaults(t *testing.T) {
 	stackexchangetest.RunFaults(t, func(t *testing.T) ([]stackexchangetest.Process, stackexchangetest.Factory) {
 		n := brokertest.NewNATS(t)
-		return []stackexchangetest.Process{n}, func(t testing.TB, channel string) neffos.StackExchange {
-			exc, err := nats.NewStackExchange(n.URL)
-			if err != nil {
-				t.Fatalf("NewStackExchange: %v", err)
-			}
-			exc.SubjectPrefix = channel
-			return exc
-		}
+		return []stackexchangetest.Process{n}, factory(n.URL, "")
 	})
 }
 

@@ -63,18 +63,21 @@ func needRedis(t testing.TB) string {
 
 // newExchange is the suite's Factory: the drop-in constructor, with the
 // rule's engine options in Config.Options (channel is the prefix).
-func newExchange(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
-	t.Helper()
-	exc, err := redis.NewStackExchange(redis.Config{Addr: needRedis(t), Options: opts}, channel)
-	if err != nil {
-		t.Fatalf("NewStackExchange: %v", err)
+// factoryAt builds the suite's exchanges on the Redis server at addr, with
+// the drop-in constructor.
+func factoryAt(addr string) stackexchangetest.Factory {
+	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
+		t.Helper()
+		exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: opts}, channel)
+		if err != nil {
+			t.Fatalf("NewStackExchange: %v", err)
+		}
+		return exc
 	}
-	return exc
 }
 
 func TestConformance(t *testing.T) {
-	needRedis(t)
-	stackexchangetest.Run(t, newExchange)
+	stackexchangetest.Run(t, factoryAt(needRedis(t)))
 }
 
 // TestFaults runs the conformance package's broker-fault rules on a
@@ -82,13 +85,7 @@ func TestConformance(t *testing.T) {
 func TestFaults(t *testing.T) {
 	stackexchangetest.RunFaults(t, func(t *testing.T) ([]stackexchangetest.Process, stackexchangetest.Factory) {
 		r := ownRedis(t)
-		return []stackexchangetest.Process{r}, func(t testing.TB, channel string) neffos.StackExchange {
-			exc, err := redis.NewStackExchange(redis.Config{Addr: r.Addr}, channel)
-			if err != nil {
-				t.Fatalf("NewStackExchange: %v", err)
-			}
-			return exc
-		}
+		return []stackexchangetest.Process{r}, factoryAt(r.Addr)
 	})
 }
 
