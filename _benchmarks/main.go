@@ -11,6 +11,13 @@
 // results.jsonl and plot.png to -out.
 //
 //	cd _benchmarks && go run . [-n 300,1000] [-k 3] [-messages 200] [-exchanges none,redis-builtin,nats-builtin,redis,nats]
+//
+// Then the connect storm (storm.go): -storm clients (6000) dial at once
+// with -storm-dialers (64) into K nodes, for each of -storm-exchanges
+// (none,redis,nats), -repeat (3) interleaved times; -storm 0 skips it,
+// -storm-only runs nothing else:
+//
+//	cd _benchmarks && go run . -storm-only -storm 6000 -storm-dialers 64 -repeat 3 -out results/storm
 package main
 
 import (
@@ -41,13 +48,22 @@ type config struct {
 	churn      int
 	churnWait  time.Duration
 	dialers    int
-	timeout    time.Duration
-	grace      time.Duration
-	idle       time.Duration
-	exchanges  []string
-	out        string
-	cpuprofile string
-	label      string
+	// connectTimeout bounds the connect scenario: no dial starts later.
+	connectTimeout time.Duration
+	// The connect storm (storm.go); storm 0 skips it.
+	storm          int
+	stormDialers   int
+	stormTimeout   time.Duration
+	stormExchanges []string
+	stormOnly      bool
+	repeat         int
+	timeout        time.Duration
+	grace          time.Duration
+	idle           time.Duration
+	exchanges      []string
+	out            string
+	cpuprofile     string
+	label          string
 }
 
 type runner struct {
@@ -92,7 +108,7 @@ func (r *Result) scenario(name string) Scenario {
 
 func main() {
 	var cfg config
-	var ns, exch string
+	var ns, exch, stormExch string
 	flag.IntVar(&cfg.k, "k", 3, "neffos nodes per exchange (none always uses 1)")
 	flag.StringVar(&ns, "n", "300,1000", "comma-separated client counts")
 	flag.IntVar(&cfg.messages, "messages", 200, "messages of the burst broadcast and room scenarios")
@@ -103,6 +119,13 @@ func main() {
 	flag.IntVar(&cfg.churn, "churn", 500, "fresh clients of the churn scenario")
 	flag.DurationVar(&cfg.churnWait, "churn-wait", 300*time.Millisecond, "how long a fresh client waits for its broadcast")
 	flag.IntVar(&cfg.dialers, "dialers", 16, "concurrent dialers of the connect scenario")
+	flag.DurationVar(&cfg.connectTimeout, "connect-timeout", 5*time.Minute, "bound of the connect scenario: no dial starts later")
+	flag.IntVar(&cfg.storm, "storm", 6000, "clients of the connect storm (0: no storm)")
+	flag.IntVar(&cfg.stormDialers, "storm-dialers", 64, "concurrent dialers of the connect storm")
+	flag.DurationVar(&cfg.stormTimeout, "storm-timeout", 3*time.Minute, "bound of each connect storm: no dial starts later")
+	flag.StringVar(&stormExch, "storm-exchanges", "none,redis,nats", "comma-separated exchanges of the connect storm, run in this order in every repeat")
+	flag.IntVar(&cfg.repeat, "repeat", 3, "interleaved repeats of the connect storm")
+	flag.BoolVar(&cfg.stormOnly, "storm-only", false, "run the connect storm only, not the scenarios at -n")
 	flag.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "bound of each delivery scenario's wait")
 	flag.DurationVar(&cfg.idle, "idle", 3*time.Second, "a delivery scenario stops waiting when nothing arrived for this long")
 	flag.DurationVar(&cfg.grace, "grace", 200*time.Millisecond, "wait after the last expected delivery, for late and duplicate ones")
@@ -125,6 +148,32 @@ func main() {
 			fatalf("unknown exchange %q (known: %s)", s, strings.Join(allExchanges, ","))
 		}
 		cfg.exchanges = append(cfg.exchanges, s)
+	}
+	for _, s := range strings.Split(stormExch, ",") {
+		s = strings.TrimSpace(s)
+		if !slices.Contains(allExchanges, s) {
+			fatalf("unknown storm exchange %q (known: %s)", s, strings.Join(allExchanges, ","))
+		}
+		cfg.stormExchanges = append(cfg.stormExchanges, s)
+	}
+	if cfg.storm < 0 || cfg.storm > 0 && (cfg.stormDialers < 1 || cfg.repeat < 1 || cfg.stormTimeout <= 0) {
+		fatalf("need -storm >= 0, and with a storm positive -storm-dialers, -repeat, -storm-timeout")
+	}
+	if cfg.stormOnly && cfg.storm == 0 {
+		fatalf("-storm-only needs -storm > 0")
+	}
+	if cfg.storm > 0 {
+		// Both ends of every websocket are in this process, and neffos's
+		// built-in redis exchange holds a Redis connection per client.
+		perClient := uint64(2)
+		for _, ex := range cfg.stormExchanges {
+			if ex == "redis-builtin" || ex == "nats-builtin" {
+				perClient = 3
+			}
+		}
+		if err := raiseFileLimit(perClient*uint64(cfg.storm) + 1024); err != nil {
+			fatalf("%v", err)
+		}
 	}
 	if cfg.k < 2 || cfg.messages < 1 || cfg.paced < 1 || cfg.load < 1 || cfg.dialers < 1 || cfg.asks < 1 {
 		fatalf("need -k >= 2 and positive -messages, -paced, -paced-load, -dialers, -asks")
@@ -150,27 +199,47 @@ func main() {
 	t0 := time.Now()
 	var results []*Result
 	for _, n := range cfg.ns {
+		if cfg.stormOnly {
+			break
+		}
 		for _, ex := range cfg.exchanges {
 			res := r.runOne(ex, n)
 			results = append(results, res)
 			logf("%-13s N=%-5d done in %.1fs %s", ex, n, res.Seconds, res.Error)
 		}
 	}
+	var storms []*StormRun
+	if cfg.storm > 0 {
+		storms = r.runStorms()
+	}
 	r.stopBrokers()
 	total := time.Since(t0)
 
-	if err := writeJSONL(filepath.Join(cfg.out, "results.jsonl"), results); err != nil {
-		fatalf("%v", err)
+	var wrote []string
+	if len(results) > 0 {
+		if err := writeJSONL(filepath.Join(cfg.out, "results.jsonl"), results); err != nil {
+			fatalf("%v", err)
+		}
+		if err := plotResults(filepath.Join(cfg.out, "plot.png"), cfg, results); err != nil {
+			fatalf("plot: %v", err)
+		}
+		wrote = append(wrote, "results.jsonl", "plot.png")
+	}
+	if len(storms) > 0 {
+		if err := writeJSONL(filepath.Join(cfg.out, "storm.jsonl"), storms); err != nil {
+			fatalf("%v", err)
+		}
+		wrote = append(wrote, "storm.jsonl")
 	}
 	md := markdown(cfg, results, total)
+	if len(storms) > 0 {
+		md += stormMarkdown(cfg, storms)
+	}
 	if err := os.WriteFile(filepath.Join(cfg.out, "results.md"), []byte(md), 0o644); err != nil {
 		fatalf("%v", err)
 	}
-	if err := plotResults(filepath.Join(cfg.out, "plot.png"), cfg, results); err != nil {
-		fatalf("plot: %v", err)
-	}
 	fmt.Print(md)
-	logf("wrote %s/{results.md,results.jsonl,plot.png} in %v", cfg.out, total.Round(time.Second))
+	logf("wrote %s/{results.md,%s} in %v", cfg.out, strings.Join(wrote, ","), total.Round(time.Second))
 }
 
 func (r *runner) stopBrokers() {
@@ -307,7 +376,7 @@ func neffosVersion() string {
 	return "unknown"
 }
 
-func writeJSONL(path string, results []*Result) error {
+func writeJSONL[T any](path string, results []T) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err

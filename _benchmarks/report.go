@@ -99,10 +99,13 @@ func markdown(cfg config, results []*Result, total time.Duration) string {
 	}
 	w("\n- machine: %s; GOMAXPROCS %d; everything (nodes, clients, brokers) on this one machine\n", machine(), runtime.GOMAXPROCS(0))
 	w("- brokers (own processes, fresh per row, on free loopback ports): %s; %s\n", version("redis-server", "--version"), version("nats-server", "--version"))
+	w("- command: `cd _benchmarks && go run . %s`\n", strings.Join(os.Args[1:], " "))
+	w("- load average at the end of the run (other processes on this machine): %s\n", loadavg())
+	if len(results) == 0 {
+		return b.String() // the storm only (stormMarkdown)
+	}
 	w("- K=%d nodes (`none`: 1 node, no exchange), clients spread round-robin; burst and room: %d messages; paced: %d messages at max(1, %d/N) per second; To: %d; Ask: %d (each bounded by %v); churn: %d fresh clients\n",
 		cfg.k, cfg.messages, cfg.paced, cfg.load, min(cfg.messages, 50), cfg.asks, cfg.askTimeout, cfg.churn)
-	w("- command: `cd _benchmarks && go run . %s`\n\n", strings.Join(os.Args[1:], " "))
-	w("- load average at the end of the run (other processes on this machine): %s\n", loadavg())
 	w("- `none`: one node, no exchange, `Server.SyncBroadcaster = true`: every message reaches every client once, the reference. `none-async`: the same node with neffos's default async broadcaster, which coalesces broadcasts sent in quick succession (each connection's waiter reads only the latest batch) and so loses messages in a burst; shown for context, not used as the reference.\n")
 	w("- ratios are taken against `none` at the same client count in this run; deliveries/s counts each expected (client, message) pair once, from the first send to the last delivery.\n\n")
 

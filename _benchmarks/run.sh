@@ -6,6 +6,7 @@
 #   bash _benchmarks/run.sh next            # neffos v0.0.25 on Go 1.27 (GOTOOLCHAIN=go1.27.3) -> results/neffos-v0.0.25/
 #   bash _benchmarks/run.sh both            # one after the other
 #   bash _benchmarks/run.sh current -n 300 -exchanges none,redis   # any flag of the command after the mode
+#   bash _benchmarks/run.sh current -storm-only -out results/storm  # the connect storm alone (-storm 6000 -storm-dialers 64 -repeat 3)
 #
 # "next" works on a temporary copy of go.mod/go.sum and restores them
 # afterwards, whatever happens. The command starts its own redis-server and
@@ -14,6 +15,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+# The connect storm holds both ends of every websocket in one process
+# (-storm 6000: about 12,000 descriptors); the command raises its soft limit
+# to the hard one itself and says so when that is too low.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mode="${1:-current}"
 [[ $# -gt 0 ]] && shift

@@ -162,14 +162,24 @@ func (r *runner) live(cl *cluster) []*client {
 	return out
 }
 
-// connectAll dials n clients spread round-robin over the nodes with a
-// fixed number of concurrent dialers, and reports the connect rate.
+// connectAll dials n clients spread round-robin over the nodes with
+// cfg.dialers concurrent dialers, and reports the connect rate.
 func (r *runner) connectAll(cl *cluster, n int) Scenario {
+	return connectClients(cl, n, r.cfg.dialers, r.cfg.connectTimeout)
+}
+
+// connectClients dials n clients spread round-robin over the nodes, each
+// into namespace nsBench, with dialers concurrent dialers, and reports the
+// connect rate from the first dial to the last Connect returning. Every
+// dial is bounded by 10s, and no dial starts after timeout: the clients
+// left are counted as missing.
+func connectClients(cl *cluster, n, dialers int, timeout time.Duration) Scenario {
 	cl.clients = make([]*client, n)
 	var next, failed atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for w := 0; w < r.cfg.dialers; w++ {
+	deadline := start.Add(timeout)
+	for w := 0; w < dialers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -177,6 +187,10 @@ func (r *runner) connectAll(cl *cluster, n int) Scenario {
 				i := int(next.Add(1) - 1)
 				if i >= n {
 					return
+				}
+				if time.Now().After(deadline) {
+					failed.Add(1)
+					continue
 				}
 				c := &client{idx: i, node: i % len(cl.nodes)}
 				if err := dial(cl.nodes[c.node].url, nsBench, 10*time.Second, c, c.record); err != nil {
@@ -192,6 +206,9 @@ func (r *runner) connectAll(cl *cluster, n int) Scenario {
 	s := Scenario{Name: "connect", Messages: n, Expected: int64(n), Delivered: int64(n) - failed.Load(), Missing: failed.Load(), Seconds: el.Seconds()}
 	s.OK = s.Missing == 0
 	s.PerSec = float64(s.Delivered) / el.Seconds()
+	if s.Missing > 0 && time.Now().After(deadline) {
+		s.Note = fmt.Sprintf("stopped dialling after %v", timeout)
+	}
 	return s
 }
 

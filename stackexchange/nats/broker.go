@@ -196,29 +196,43 @@ func (b *broker) loop() {
 	}
 }
 
-// Subscribe implements scaleout.Broker: one SUB on the shared connection,
-// then a PING/PONG round trip so it returns once the server has it. While
-// the connection is down the SUB waits in nats.go's reconnect buffer and
-// Subscribe returns ctx's error; nats.go subscribes it again on every
-// reconnect.
+// Subscribe implements scaleout.Broker: a SUB for each new channel, all
+// appended to the shared connection's write buffer under the broker's
+// lock, then one PING/PONG round trip (FlushWithContext) for the whole
+// batch, so it returns once the server has every one. While the
+// connection is down the SUBs wait in nats.go's reconnect buffer and
+// Subscribe returns ctx's error; nats.go subscribes them again on every
+// reconnect. When nats.go refuses a SUB, the subscriptions this call made
+// are removed again and the error returned.
 func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
+	if len(channels) == 0 {
+		return nil
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return scaleout.ErrClosed
 	}
+	var added []*nats.Subscription
 	for _, channel := range channels {
 		if _, ok := b.subs[channel]; ok {
 			continue
 		}
 		sub, err := b.nc.ChanSubscribe(channel, b.msgs)
 		if err != nil {
+			for _, s := range added {
+				delete(b.subs, s.Subject)
+				_ = s.Unsubscribe()
+			}
 			b.mu.Unlock()
-			return err
+			return fmt.Errorf("scaleout/nats: subscribe %s: %w", channel, err)
 		}
 		b.subs[channel] = sub
+		added = append(added, sub)
 	}
 	b.mu.Unlock()
+	// Flushed even when every channel was held already: a SUB another
+	// call wrote may not have reached the server yet.
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, flushTimeout)
@@ -227,7 +241,9 @@ func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
 	return b.nc.FlushWithContext(ctx)
 }
 
-// Unsubscribe implements scaleout.Broker. It does not wait for the server.
+// Unsubscribe implements scaleout.Broker: an UNSUB for each channel into
+// the connection's write buffer. It does not wait for the server. It tries
+// every channel and returns the first error.
 func (b *broker) Unsubscribe(_ context.Context, channels ...string) error {
 	b.mu.Lock()
 	var subs []*nats.Subscription
@@ -238,12 +254,13 @@ func (b *broker) Unsubscribe(_ context.Context, channels ...string) error {
 		}
 	}
 	b.mu.Unlock()
+	var first error
 	for _, sub := range subs {
-		if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
-			return err
+		if err := sub.Unsubscribe(); err != nil && first == nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			first = err
 		}
 	}
-	return nil
+	return first
 }
 
 // Publish implements scaleout.Broker.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +37,7 @@ type broker struct {
 	mu       sync.Mutex
 	ps       *goredis.PubSub
 	channels map[string]struct{}
-	waiters  map[string][]chan struct{}
+	waiters  map[string][]*batch
 	closed   bool
 
 	ctx    context.Context
@@ -52,7 +53,7 @@ func newBroker(client goredis.UniversalClient, owned bool, name string, cluster 
 		name:     name,
 		cluster:  cluster,
 		channels: make(map[string]struct{}),
-		waiters:  make(map[string][]chan struct{}),
+		waiters:  make(map[string][]*batch),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -146,72 +147,128 @@ func (b *broker) recycle(old *goredis.PubSub) {
 	_ = old.Close()
 	if len(channels) > 0 {
 		ctx, cancel := context.WithTimeout(b.ctx, healthInterval)
-		_ = ps.Subscribe(ctx, channels...)
+		for chunk := range slices.Chunk(channels, subscribeChunk) {
+			// Even a failed Subscribe records its channels in ps, which
+			// subscribes them again when it reconnects: try every chunk.
+			_ = ps.Subscribe(ctx, chunk...)
+		}
 		cancel()
 	}
 }
 
+// confirm counts Redis's confirmation of channel against every Subscribe
+// waiting for it.
 func (b *broker) confirm(channel string) {
 	b.mu.Lock()
 	ws := b.waiters[channel]
 	delete(b.waiters, channel)
-	b.mu.Unlock()
 	for _, w := range ws {
-		close(w)
-	}
-}
-
-func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
-	for _, channel := range channels {
-		if err := b.subscribeOne(ctx, channel); err != nil {
-			return err
+		if w.pending--; w.pending == 0 {
+			close(w.done)
 		}
 	}
-	return nil
+	b.mu.Unlock()
 }
 
-func (b *broker) subscribeOne(ctx context.Context, channel string) error {
-	w := make(chan struct{})
+// subscribeChunk is how many channels one SUBSCRIBE or UNSUBSCRIBE command
+// carries: a batch of thousands goes out as several commands written back
+// to back, still one round trip, without building one huge command.
+const subscribeChunk = 512
+
+// batch is one Subscribe call waiting for Redis to confirm its channels.
+type batch struct {
+	pending int // channels not confirmed yet; guarded by broker.mu
+	done    chan struct{}
+}
+
+// Subscribe implements scaleout.Broker: it registers one waiter for all
+// channels, writes them in SUBSCRIBE commands of up to subscribeChunk
+// channels each without waiting in between, and returns once the receive
+// loop saw Redis confirm every one of them (or ctx is done, or the broker
+// closes). The channels stay in the set that the pub/sub connection
+// subscribes again when it reconnects, even when the call fails: the
+// engine unsubscribes what it no longer wants.
+func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
+	channels = unique(channels)
+	if len(channels) == 0 {
+		return nil
+	}
+	w := &batch{pending: len(channels), done: make(chan struct{})}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return scaleout.ErrClosed
 	}
-	b.channels[channel] = struct{}{}
-	b.waiters[channel] = append(b.waiters[channel], w)
+	for _, ch := range channels {
+		b.channels[ch] = struct{}{}
+		b.waiters[ch] = append(b.waiters[ch], w)
+	}
 	ps := b.ps
 	b.mu.Unlock()
-	if err := ps.Subscribe(ctx, channel); err != nil {
-		b.dropWaiter(channel, w)
+	var err error
+	for chunk := range slices.Chunk(channels, subscribeChunk) {
+		// After a failure the other chunks are still handed to ps (they
+		// fail fast): ps records them even then, and subscribes them again
+		// when it reconnects.
+		if e := ps.Subscribe(ctx, chunk...); e != nil && err == nil {
+			err = e
+		}
+	}
+	if err != nil {
+		b.dropWaiter(channels, w)
 		return err
 	}
 	select {
-	case <-w:
+	case <-w.done:
 		return nil
 	case <-ctx.Done():
-		b.dropWaiter(channel, w)
+		b.dropWaiter(channels, w)
 		return ctx.Err()
+	case <-b.ctx.Done():
+		b.dropWaiter(channels, w)
+		return scaleout.ErrClosed
 	}
 }
 
-func (b *broker) dropWaiter(channel string, w chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ws := b.waiters[channel]
-	for i, x := range ws {
-		if x == w {
-			ws = append(ws[:i], ws[i+1:]...)
-			break
+// unique returns channels without repeats, in their first order. It
+// returns channels itself when there are none.
+func unique(channels []string) []string {
+	seen := make(map[string]struct{}, len(channels))
+	out := channels[:0:0]
+	for _, ch := range channels {
+		if _, ok := seen[ch]; !ok {
+			seen[ch] = struct{}{}
+			out = append(out, ch)
 		}
 	}
-	if len(ws) == 0 {
-		delete(b.waiters, channel)
-	} else {
-		b.waiters[channel] = ws
+	return out
+}
+
+// dropWaiter removes w from the waiters of every channel it still waits
+// for.
+func (b *broker) dropWaiter(channels []string, w *batch) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, ch := range channels {
+		ws := b.waiters[ch]
+		if i := slices.Index(ws, w); i >= 0 {
+			ws = slices.Delete(ws, i, i+1)
+		}
+		if len(ws) == 0 {
+			delete(b.waiters, ch)
+		} else {
+			b.waiters[ch] = ws
+		}
 	}
 }
 
+// Unsubscribe implements scaleout.Broker: UNSUBSCRIBE commands of up to
+// subscribeChunk channels each, written back to back. It does not wait for
+// Redis's confirmations.
 func (b *broker) Unsubscribe(ctx context.Context, channels ...string) error {
+	if len(channels) == 0 {
+		return nil // an UNSUBSCRIBE without channels would drop them all
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -222,7 +279,12 @@ func (b *broker) Unsubscribe(ctx context.Context, channels ...string) error {
 	}
 	ps := b.ps
 	b.mu.Unlock()
-	return ps.Unsubscribe(ctx, channels...)
+	for chunk := range slices.Chunk(channels, subscribeChunk) {
+		if err := ps.Unsubscribe(ctx, chunk...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (b *broker) Publish(ctx context.Context, channel string, payload []byte) (int, error) {
