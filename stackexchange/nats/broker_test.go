@@ -44,7 +44,10 @@ func TestBrokerBatchSubscribe(t *testing.T) {
 
 	delivered := make(chan string, 64)
 	var reports atomic.Int64
-	b := nats.NewBroker(nc)
+	b, err := nats.NewBroker(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := b.Start(func(ch string, payload []byte) {
 		select {
 		case delivered <- ch + "=" + string(payload):

@@ -38,7 +38,10 @@ func TestBrokerBatchSubscribe(t *testing.T) {
 
 	delivered := make(chan string, 64)
 	var reports atomic.Int64
-	b := redis.NewBroker(client)
+	b, err := redis.NewBroker(client)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := b.Start(func(ch string, payload []byte) {
 		select {
 		case delivered <- ch + "=" + string(payload):
@@ -180,7 +183,10 @@ func TestBrokerSubscribeUnconfirmed(t *testing.T) {
 		return chans
 	}
 
-	b := redis.NewBroker(client)
+	b, err := redis.NewBroker(client)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := b.Start(func(string, []byte) {}, func(error) {}); err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +208,7 @@ func TestBrokerSubscribeUnconfirmed(t *testing.T) {
 	})
 	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
 	start := time.Now()
-	err := b.Subscribe(short, batch("b", 600)...)
+	err = b.Subscribe(short, batch("b", 600)...)
 	cancelShort()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Subscribe while Redis is paused: err = %v, want context.DeadlineExceeded", err)
