@@ -3,8 +3,6 @@ package scaleout
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync"
 	"time"
 )
 
@@ -29,87 +27,37 @@ import (
 // returns once every broker answered, or one succeeded and the others had
 // redundantGrace more. Each broker keeps its own connections and
 // subscriptions. The Broker owns brokers: Close closes all of them.
-func Redundant(brokers ...Broker) Broker { return &redundant{brokers: brokers} }
+func Redundant(brokers ...Broker) Broker { return &redundant{brokerSet(brokers)} }
 
 // redundantGrace is how long a publish waits for the other brokers once one
 // of them took the message.
 const redundantGrace = 50 * time.Millisecond
 
-type redundant struct{ brokers []Broker }
+type redundant struct{ brokerSet }
 
 var (
 	_ CountingPublisher = (*redundant)(nil)
 	_ BrokerInspector   = (*redundant)(nil)
 )
 
-func (r *redundant) Start(deliver func(string, []byte), report func(error)) error {
-	if len(r.brokers) == 0 {
-		return errors.New("scaleout: Redundant needs at least one broker")
-	}
-	var errs []error
-	for i, b := range r.brokers {
-		if err := b.Start(deliver, report); err != nil {
-			errs = append(errs, fmt.Errorf("broker %d: %w", i, err))
-		}
-	}
-	if len(errs) == len(r.brokers) {
-		return errors.Join(errs...)
-	}
-	for _, err := range errs {
-		report(err)
-	}
-	return nil
-}
-
-// all runs fn on every broker in parallel and returns the results in
-// broker order.
-func (r *redundant) all(fn func(Broker) error) []error {
-	errs := make([]error, len(r.brokers))
-	var wg sync.WaitGroup
-	for i, b := range r.brokers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = fn(b)
-		}()
-	}
-	wg.Wait()
-	return errs
-}
-
-// anyOK returns nil when one call succeeded, else all the errors.
-func anyOK(errs []error) error {
-	for _, err := range errs {
-		if err == nil {
-			return nil
-		}
-	}
-	return errors.Join(errs...)
-}
-
 // Subscribe succeeds when one broker confirmed: delivery works through it,
 // and the others subscribe the channels again when they come back.
 func (r *redundant) Subscribe(ctx context.Context, channels ...string) error {
-	return anyOK(r.all(func(b Broker) error { return b.Subscribe(ctx, channels...) }))
+	return anyOK(r.all(func(_ int, b Broker) error { return b.Subscribe(ctx, channels...) }))
 }
 
 func (r *redundant) Unsubscribe(ctx context.Context, channels ...string) error {
-	return errors.Join(r.all(func(b Broker) error { return b.Unsubscribe(ctx, channels...) })...)
+	return errors.Join(r.all(func(_ int, b Broker) error { return b.Unsubscribe(ctx, channels...) })...)
 }
 
 func (r *redundant) Publish(ctx context.Context, channel string, payload []byte) (int, error) {
-	return r.publish(ctx, func(b Broker, ctx context.Context) (int, error) { return b.Publish(ctx, channel, payload) })
+	return r.publish(ctx, false, channel, payload)
 }
 
 // PublishCounted counts through the brokers that can (CountingPublisher)
 // and takes the largest count.
 func (r *redundant) PublishCounted(ctx context.Context, channel string, payload []byte) (int, error) {
-	return r.publish(ctx, func(b Broker, ctx context.Context) (int, error) {
-		if cp, ok := b.(CountingPublisher); ok {
-			return cp.PublishCounted(ctx, channel, payload)
-		}
-		return b.Publish(ctx, channel, payload)
-	})
+	return r.publish(ctx, true, channel, payload)
 }
 
 type pubResult struct {
@@ -120,20 +68,20 @@ type pubResult struct {
 // publish runs pub on every broker in parallel. It succeeds when one
 // broker took the message; the receiver count is the largest exact count,
 // or -1 when no broker counted more than 0 and one could not count.
-func (r *redundant) publish(ctx context.Context, pub func(Broker, context.Context) (int, error)) (int, error) {
+func (r *redundant) publish(ctx context.Context, counted bool, channel string, payload []byte) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // the brokers still publishing after the grace give up
-	results := make(chan pubResult, len(r.brokers))
-	for _, b := range r.brokers {
+	results := make(chan pubResult, len(r.brokerSet))
+	for _, b := range r.brokerSet {
 		go func() {
-			n, err := pub(b, ctx)
+			n, err := publishOn(ctx, b, counted, channel, payload)
 			results <- pubResult{n, err}
 		}()
 	}
 	var grace <-chan time.Time
 	best, unknown, ok := 0, false, false
 	var errs []error
-	for range r.brokers {
+	for range r.brokerSet {
 		var res pubResult
 		select {
 		case res = <-results:
@@ -169,35 +117,19 @@ func count(best int, unknown bool) int {
 	return best
 }
 
-func (r *redundant) Close() error {
-	return errors.Join(r.all(Broker.Close)...)
-}
-
-// Conns sums the inspectable brokers' connections.
-func (r *redundant) Conns(ctx context.Context) (int, error) {
-	return r.inspect(func(bi BrokerInspector) (int, error) { return bi.Conns(ctx) }, func(a, b int) int { return a + b })
-}
-
 // Subscribers is the largest count of the inspectable brokers.
 func (r *redundant) Subscribers(ctx context.Context, channel string) (int, error) {
-	return r.inspect(func(bi BrokerInspector) (int, error) { return bi.Subscribers(ctx, channel) }, func(a, b int) int { return max(a, b) })
-}
-
-func (r *redundant) inspect(get func(BrokerInspector) (int, error), combine func(a, b int) int) (int, error) {
-	total, any := 0, false
-	for _, b := range r.brokers {
-		bi, ok := b.(BrokerInspector)
-		if !ok {
+	best, err := 0, error(nil)
+	for _, b := range r.brokerSet {
+		n, e := subscribers(ctx, b, channel)
+		if e != nil {
+			err = e
 			continue
 		}
-		n, err := get(bi)
-		if err != nil {
-			return 0, err
-		}
-		total, any = combine(total, n), true
+		best = max(best, n)
 	}
-	if !any {
-		return 0, fmt.Errorf("scaleout: Redundant: %w", errors.ErrUnsupported)
+	if best == 0 && err != nil {
+		return 0, err
 	}
-	return total, nil
+	return best, nil
 }
