@@ -81,7 +81,10 @@ type Exchange struct {
 	lazyMu sync.Mutex
 	lazy   map[*neffos.Conn]map[string]struct{} // namespaces subscribed per conn when Init was not called
 
-	present sync.Map // client channel -> time.Time until which it is known subscribed
+	// uncounted: the broker cannot count a channel's receivers (Publish
+	// returns -1) and cannot be asked (no CountingPublisher): messages To a
+	// client go through the namespace channel.
+	uncounted atomic.Bool
 
 	deliverMu sync.Mutex // held by deliver across accept and fan-out
 
@@ -104,13 +107,6 @@ type outgoing struct {
 const (
 	sweepInterval = time.Second
 	outboxSize    = 1024
-
-	// presenceTTL is how long a client channel that had a subscriber is
-	// published to without counting receivers again (brokers where counting
-	// costs a round trip: NATS). A client that just connected is not in the
-	// cache, so its first messages still take the counted path and its
-	// fallback.
-	presenceTTL = 5 * time.Second
 )
 
 // New returns an engine on top of b. It starts b, and its goroutines, on the
@@ -181,6 +177,11 @@ func (e *Exchange) doStart() error {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
 	_ = e.subs.acquireNow(ctx, e.names.node(e.node))
+	// Can the broker count receivers? A publish on a channel nobody
+	// subscribes tells: 0, or -1 (Redis Cluster).
+	if n, err := e.b.Publish(ctx, e.names.probe(), nil); err == nil && n < 0 && !e.counting() {
+		e.uncounted.Store(true)
+	}
 	return nil
 }
 
@@ -340,20 +341,37 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 		_, err := e.publish(e.names.namespace(env.namespace), &env)
 		return err == nil
 	}
-	channel := e.names.conn(env.to)
-	var n int
-	var err error
-	if e.recentlyPresent(channel) {
-		n, err = e.publish(channel, &env) // no need to count: it has a subscriber
-	} else if n, err = e.publishCounted(channel, &env); err == nil && n > 0 && e.counting() {
-		e.present.Store(channel, time.Now().Add(presenceTTL))
-	}
-	if err == nil && n == 0 {
-		// No node has subscribed the id's channel (yet): every node reads
-		// the namespace's channel and picks the client by id.
-		_, err = e.publish(e.names.namespace(env.namespace), &env)
-	}
+	_, _, err := e.route(&env, false)
 	return err == nil
+}
+
+// route publishes env for its To client: on the client's channel, where
+// only the node holding the client reads it, when the broker can tell that
+// somebody subscribes it; otherwise on the namespace's channel, which every
+// node reads and where each picks the client by id (it may have connected
+// a moment ago, its node not done subscribing; or the broker cannot count
+// receivers, like Redis Cluster's PUBLISH). With probe (an Ask), nodes
+// without the client answer not-here. It reports whether it went through
+// the namespace channel, with that publish's receiver count (-1: unknown).
+func (e *Exchange) route(env *envelope, probe bool) (viaNamespace bool, receivers int, err error) {
+	if !e.uncounted.Load() {
+		n, err := e.publishCounted(e.names.conn(env.to), env)
+		switch {
+		case err != nil:
+			return false, 0, err
+		case n > 0 || (n < 0 && e.counting()):
+			// Somebody has it, or a counting publish timed out after it
+			// was sent: it is out, on the client's channel.
+			return false, n, nil
+		case n < 0:
+			e.uncounted.Store(true) // learnt late: the start probe failed
+		}
+	}
+	if probe {
+		env.flags |= flagProbe
+	}
+	m, err := e.publish(e.names.namespace(env.namespace), env)
+	return true, m, err
 }
 
 // fanout queues f locally and reports slow consumers, outside every lock.
@@ -417,14 +435,6 @@ func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, er
 func (e *Exchange) counting() bool {
 	_, ok := e.b.(CountingPublisher)
 	return ok
-}
-
-func (e *Exchange) recentlyPresent(channel string) bool {
-	if !e.counting() {
-		return false // Publish counts by itself
-	}
-	v, ok := e.present.Load(channel)
-	return ok && time.Now().Before(v.(time.Time))
 }
 
 // deliver is the broker's receive callback: decode once, then fan out. It
@@ -518,20 +528,12 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 			return neffos.Message{}, err
 		}
 	case local == 0:
-		n, err := e.publishCounted(e.names.conn(env.to), &env)
+		viaNamespace, m, err := e.route(&env, true)
 		if err != nil {
 			return neffos.Message{}, err
 		}
-		if n != 0 {
+		if !viaNamespace {
 			break
-		}
-		// Nobody subscribes the id's channel: the client is unknown, or its
-		// node has not finished subscribing it. Ask every node; each one
-		// without the client answers not-here.
-		env.flags |= flagProbe
-		m, err := e.publish(e.names.namespace(env.namespace), &env)
-		if err != nil {
-			return neffos.Message{}, err
 		}
 		// m counts this node too. When the broker cannot count (m < 0)
 		// there is no telling when every node answered: a client that
@@ -686,12 +688,6 @@ func (e *Exchange) sweeper(done <-chan struct{}) {
 		now := time.Now()
 		e.reportMissed(e.recv.sweep(now))
 		e.seqs.sweep(now.Add(-streamIdle))
-		e.present.Range(func(k, v any) bool {
-			if now.After(v.(time.Time)) {
-				e.present.Delete(k)
-			}
-			return true
-		})
 	}
 }
 

@@ -11,6 +11,9 @@ import (
 //	P.ns.<token(namespace)>   one per namespace, subscribed by every node
 //	P.c.<token(connID)>       one per connected client id, by the node holding it
 //	P.node.<nodeID>           one per node: Ask replies
+//	P.probe                   subscribed by nobody: a node publishes nothing
+//	                          there once, at start, to learn whether the
+//	                          broker counts receivers
 //
 // token is injective: bytes [A-Za-z0-9-] stay, every other byte becomes '_'
 // followed by two lower-case hex digits, and the empty string becomes a lone
@@ -73,3 +76,4 @@ type names struct{ prefix string }
 func (n names) namespace(ns string) string { return n.prefix + ".ns." + token(ns) }
 func (n names) conn(id string) string      { return n.prefix + ".c." + token(id) }
 func (n names) node(id string) string      { return n.prefix + ".node." + id }
+func (n names) probe() string              { return n.prefix + ".probe" }
