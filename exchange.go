@@ -72,6 +72,7 @@ type Exchange struct {
 	rep  *reporter
 	seqs *senders
 	recv *receivers
+	pipe *pipeline
 
 	startOnce sync.Once
 	startErr  error
@@ -142,6 +143,7 @@ func New(b Broker, opts Options) *Exchange {
 	e.rep = newReporter(opts.ErrorHandler, opts.Logger, e.node)
 	e.subs = newSubs(b, opts.SubscribeTimeout, e.rep.report)
 	e.seqs, e.recv = newSenders(), newReceivers()
+	e.pipe = newPipeline(e)
 	e.subs.dropped = e.recv.forget
 	return e
 }
@@ -167,7 +169,7 @@ func (e *Exchange) doStart() error {
 	if err := e.b.Start(e.deliver, e.rep.report); err != nil {
 		return err
 	}
-	for _, run := range []func(<-chan struct{}){e.subs.run, e.sweeper, e.rep.run, e.sendOutbox} {
+	for _, run := range []func(<-chan struct{}){e.subs.run, e.sweeper, e.rep.run, e.sendOutbox, e.pipe.run} {
 		e.bg.Add(1)
 		go func() {
 			defer e.bg.Done()
@@ -308,9 +310,17 @@ func (e *Exchange) Unsubscribe(c *neffos.Conn, namespace string) {
 
 // Publish delivers msgs to this node's matching clients at once and
 // publishes each message to the broker once (one publish per message,
-// whatever the number of clients). It returns false when a publish failed;
-// the cause goes to Options.ErrorHandler wrapped in ErrPublish. Each publish
-// is bounded by Options.PublishTimeout.
+// whatever the number of clients).
+//
+// A broadcast (no To) is queued, in order, for the node's publish pipeline
+// and Publish returns without waiting for the broker: true means queued
+// while the broker was healthy. The pipeline sends in batches and retries
+// until Options.PublishTimeout; a message it gives up on is counted in
+// Stats.PublishErrors and reported (ErrPublish). While the broker is known
+// to be down Publish returns false at once (the message is still queued
+// and sent if the broker returns within PublishTimeout). A message To one
+// client is published before Publish returns (it may need the broker's
+// receiver count), bounded by PublishTimeout; false means it failed.
 func (e *Exchange) Publish(msgs []neffos.Message) bool {
 	if e.start() != nil || e.isClosed() {
 		return false
@@ -338,8 +348,8 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 	e.fanout(local)
 
 	if env.to == "" {
-		_, err := e.publish(e.names.namespace(env.namespace), &env)
-		return err == nil
+		// The hot path: queued in order for the broker, sent in batches.
+		return e.pipe.push(e.names.namespace(env.namespace), env) && !e.down.Load()
 	}
 	_, _, err := e.route(&env, false)
 	return err == nil
@@ -420,10 +430,8 @@ func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, er
 		if !errors.Is(err, ErrRejected) {
 			e.down.Store(true)
 		}
-		e.publishErrors.Add(1)
-		err = fmt.Errorf("%w: %s: %w", ErrPublish, channel, err)
-		e.rep.report(err)
-		return 0, err
+		e.failed(channel, err)
+		return 0, fmt.Errorf("%w: %s: %w", ErrPublish, channel, err)
 	}
 	e.down.Store(false)
 	e.published.Add(1)
@@ -602,6 +610,7 @@ func (e *Exchange) Stats() Stats {
 		ReportsDropped: e.rep.dropped.Load(),
 		Conns:          int(e.hub.conns.Load()),
 		Queued:         int(e.hub.queued.Load()),
+		Outbound:       int(e.pipe.length.Load()),
 		Subscriptions:  int(e.subs.active.Load()),
 		PendingAsks:    int(e.asks.n.Load()),
 	}

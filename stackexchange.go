@@ -161,6 +161,9 @@ type Stats struct {
 	// Queued is the number of messages waiting in connection queues now
 	// (each at most Options.QueueSize).
 	Queued int
+	// Outbound is the number of broadcasts waiting in the node's publish
+	// pipeline now (at most 8192 messages and 64 MiB).
+	Outbound int
 	// Subscriptions is the number of broker channels this node is
 	// subscribed to now.
 	Subscriptions int

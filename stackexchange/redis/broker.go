@@ -368,3 +368,33 @@ func rejected(err error) error {
 	}
 	return fmt.Errorf("%w: %w", scaleout.ErrRejected, err)
 }
+
+// PublishBatch implements scaleout.BatchPublisher: one pipeline of PUBLISH
+// commands, one round trip, on one pooled connection. A Redis Cluster gets
+// one Publish per message instead (a PUBLISH goes to any node, which
+// broadcasts it over the cluster bus).
+func (b *broker) PublishBatch(ctx context.Context, batch []scaleout.Publication) (int, error) {
+	if b.cluster {
+		for i, pub := range batch {
+			if _, err := b.Publish(ctx, pub.Channel, pub.Payload); err != nil {
+				return i, err
+			}
+		}
+		return len(batch), nil
+	}
+	cmds, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, pub := range batch {
+			p.Publish(ctx, pub.Channel, pub.Payload)
+		}
+		return nil
+	})
+	if err == nil {
+		return len(batch), nil
+	}
+	for i, cmd := range cmds {
+		if cerr := cmd.Err(); cerr != nil {
+			return i, rejected(cerr)
+		}
+	}
+	return 0, err
+}

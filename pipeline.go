@@ -1,0 +1,226 @@
+package scaleout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// pipeline is the node's ordered queue of broadcasts for the broker: Publish
+// appends and returns, one goroutine hands what waits to the broker in
+// batches (one round trip per batch with a BatchPublisher, such as Redis's
+// pipelined PUBLISH), in order, and retries a batch that failed, from the
+// first message not confirmed, until each message's PublishTimeout. A
+// retried message that had reached the broker is a duplicate that receivers
+// drop by its sequence number.
+//
+// Bounds: pipelineCount messages and pipelineBytes bytes of payload. A
+// Publish that finds the queue full waits for room, at most PublishTimeout,
+// and not at all while the broker is known to be down; what is not queued
+// is counted in Stats.PublishErrors and reported.
+//
+// Locks: mu guards the queue; it is a leaf lock, never held while calling
+// the broker.
+type pipeline struct {
+	e *Exchange
+
+	mu     sync.Mutex
+	queue  []queued
+	bytes  int
+	closed bool
+	wake   chan struct{} // the pump has work
+	room   chan struct{} // the queue has room again
+
+	length atomic.Int64
+}
+
+type queued struct {
+	channel string
+	env     envelope
+	size    int
+}
+
+const (
+	pipelineCount = 8192
+	pipelineBytes = 64 << 20
+	pipelineBatch = 256
+)
+
+// Publication is one message of a batch handed to a BatchPublisher.
+type Publication struct {
+	Channel string
+	Payload []byte
+}
+
+// BatchPublisher is an optional Broker capability: PublishBatch publishes
+// batch in order, in as few round trips as the broker can (Redis: one
+// pipeline), and returns how many of them, from the first, the broker
+// confirmed. An error means batch[sent] failed; messages after it may or
+// may not have been published. The engine's pipeline uses it for
+// broadcasts; brokers without it get one Publish call per message.
+type BatchPublisher interface {
+	PublishBatch(ctx context.Context, batch []Publication) (sent int, err error)
+}
+
+func newPipeline(e *Exchange) *pipeline {
+	return &pipeline{e: e, wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+}
+
+// push queues env for channel. It reports whether env was queued.
+func (p *pipeline) push(channel string, env envelope) bool {
+	size := env.size()
+	var timer *time.Timer
+	for {
+		p.mu.Lock()
+		switch {
+		case p.closed:
+			p.mu.Unlock()
+			return false
+		case len(p.queue) < pipelineCount && (p.bytes+size <= pipelineBytes || len(p.queue) == 0):
+			p.queue = append(p.queue, queued{channel: channel, env: env, size: size})
+			p.bytes += size
+			p.length.Add(1)
+			p.mu.Unlock()
+			signal(p.wake)
+			return true
+		}
+		p.mu.Unlock()
+		if timer == nil {
+			if p.e.down.Load() {
+				return false
+			}
+			timer = time.NewTimer(p.e.opts.PublishTimeout)
+			defer timer.Stop()
+		}
+		select {
+		case <-p.room:
+		case <-timer.C:
+			return false
+		case <-p.e.done:
+			return false
+		}
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// take removes up to pipelineBatch messages from the queue's head.
+func (p *pipeline) take() []queued {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := min(len(p.queue), pipelineBatch)
+	if n == 0 {
+		return nil
+	}
+	batch := make([]queued, n)
+	copy(batch, p.queue)
+	rest := copy(p.queue, p.queue[n:])
+	clear(p.queue[rest:])
+	p.queue = p.queue[:rest]
+	for _, q := range batch {
+		p.bytes -= q.size
+	}
+	p.length.Add(-int64(n))
+	signal(p.room)
+	return batch
+}
+
+// run sends queued batches until done is closed; then it refuses new
+// messages and tries what is still queued once (Close closes the broker
+// after it).
+func (p *pipeline) run(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			p.mu.Lock()
+			p.closed = true
+			p.mu.Unlock()
+			p.drain(done)
+			return
+		case <-p.wake:
+		}
+		p.drain(done)
+	}
+}
+
+func (p *pipeline) drain(done <-chan struct{}) {
+	for batch := p.take(); len(batch) > 0; batch = p.take() {
+		p.send(batch, done)
+	}
+}
+
+// send publishes batch in order, stamping each message with its sequence
+// number once, and retries from the first message not confirmed until
+// PublishTimeout after the first attempt (time spent waiting in the queue,
+// under back-pressure, does not count).
+func (p *pipeline) send(batch []queued, done <-chan struct{}) {
+	e := p.e
+	pubs := make([]Publication, len(batch))
+	now := time.Now()
+	for i := range batch {
+		e.seqs.stamp(batch[i].channel, &batch[i].env, now)
+		pubs[i] = Publication{Channel: batch[i].channel, Payload: encodeEnvelope(&batch[i].env)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
+	defer cancel()
+	for backoff := retryBackoff; len(pubs) > 0; backoff = min(2*backoff, maxRetryBackoff) {
+		sent, err := e.publishBatch(ctx, pubs)
+		e.published.Add(uint64(sent))
+		pubs = pubs[sent:]
+		if err == nil || sent > 0 {
+			e.down.Store(false)
+		}
+		switch {
+		case err == nil || e.isClosed():
+			return
+		case errors.Is(err, ErrRejected):
+			e.failed(pubs[0].Channel, err)
+			pubs = pubs[1:]
+			continue
+		}
+		// The broker is failing: retry after a pause, until the timeout.
+		if !sleepCtx(ctx, backoff) || isDone(done) {
+			e.down.Store(true)
+			e.publishErrors.Add(uint64(len(pubs)) - 1)
+			e.failed(pubs[0].Channel, fmt.Errorf("%d messages from here on given up: %w", len(pubs), err))
+			return
+		}
+	}
+}
+
+func isDone(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+// publishBatch hands pubs to the broker in one call when it can batch, one
+// Publish each otherwise.
+func (e *Exchange) publishBatch(ctx context.Context, pubs []Publication) (int, error) {
+	if bp, ok := e.b.(BatchPublisher); ok {
+		return bp.PublishBatch(ctx, pubs)
+	}
+	for i, pub := range pubs {
+		if _, err := e.b.Publish(ctx, pub.Channel, pub.Payload); err != nil {
+			return i, err
+		}
+	}
+	return len(pubs), nil
+}
+
+// failed counts and reports a publish given up on.
+func (e *Exchange) failed(channel string, err error) {
+	e.publishErrors.Add(1)
+	e.rep.report(fmt.Errorf("%w: %s: %w", ErrPublish, channel, err))
+}
