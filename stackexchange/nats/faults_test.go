@@ -282,8 +282,9 @@ func testOutage(t *testing.T, mode outage, body int) {
 	}
 
 	if mode == outageKill {
-		// Publish fails fast once the connection is known lost.
-		if !waitUntil(outageLen, func() bool { return tr.snapshot().falses > 0 }) {
+		// Publish returns false once the node knows the broker is down: a
+		// failed publish is retried for PublishTimeout first.
+		if !waitUntil(outageLen+publishTimeout, func() bool { return tr.snapshot().falses > 0 }) {
 			t.Errorf("no Publish returned false during the outage")
 		} else {
 			t.Logf("first Publish false %v after the kill", tr.snapshot().firstFalse.Sub(outageStart).Round(time.Millisecond))

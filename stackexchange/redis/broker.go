@@ -216,6 +216,9 @@ func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
 	}
 	if err != nil {
 		b.dropWaiter(channels, w)
+		if b.ctx.Err() != nil {
+			return scaleout.ErrClosed // Close closed ps under the call
+		}
 		return err
 	}
 	select {
