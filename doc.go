@@ -20,9 +20,17 @@
 // A node holds O(1) broker connections whatever its number of clients. It
 // subscribes each namespace's channel once (in Init), one channel of its
 // own (Ask replies) and one channel per distinct connected client id
-// (messages with To, Asks with To). A broadcast is one publish, read once by
-// each node, decoded once, and queued to the node's matching connections;
+// (messages with To, Asks with To), in batches. A broadcast is one publish,
+// queued and sent in order in batches, read once by each node, decoded
+// once, and queued to the node's audience for it (the To client, the
+// room's members or the namespace's members, from the node's own index);
 // the publishing node serves its own clients directly and ignores its echo.
+//
+// # Several brokers
+//
+// Redundant runs one exchange over several brokers at once (losing one
+// loses nothing); Sharded spreads its channels over several. Adapters
+// export their Broker (redis.NewBroker, nats.NewBroker) for them.
 //
 // # What holds across nodes
 //
@@ -35,12 +43,14 @@
 // # Delivery guarantees
 //
 // While the broker is healthy, every matching client gets each message
-// exactly once, in the order each node published them. Across a broker
-// outage delivery is at most once: a node keeps serving its own clients,
-// Publish returns false within Options.PublishTimeout, and cross-node
-// delivery resumes when the broker is back. A client that stops reading
-// loses what does not fit in its queue (Options.QueueSize); nobody else
-// waits for it.
+// exactly once, in the order each node published them. Envelopes carry
+// sequence numbers: duplicates (a retried publish, a second broker's copy)
+// are dropped and counted, gaps are counted as missed and reported
+// (ErrMissed). Failed publishes are retried until Options.PublishTimeout.
+// Across a broker outage delivery is at most once: a node keeps serving its
+// own clients, and cross-node delivery resumes when the broker is back. A
+// client that stops reading loses what does not fit in its queue
+// (Options.QueueSize); nobody else waits for it.
 //
 // # Errors
 //
