@@ -65,6 +65,10 @@ type cluster struct {
 	emitsMu sync.Mutex
 	emits   map[string][]int // body -> nodes whose server handler got it
 	fences  atomic.Int64
+
+	f       Factory
+	channel string
+	opts    func(nd *node) scaleout.Options
 }
 
 // newCluster starts n nodes on loopback sharing one channel prefix, with
@@ -79,62 +83,84 @@ func newCluster(t *testing.T, f Factory, n int, namespaces []string, native bool
 // call; nd.exc is set right after it, before the node serves anything.
 func newClusterOpts(t *testing.T, f Factory, n int, namespaces []string, native bool, opts func(nd *node) scaleout.Options) *cluster {
 	t.Helper()
-	cl := &cluster{t: t, nss: namespaces, native: native, emits: map[string][]int{}}
-	channel := uniqueChannel(t)
+	cl := &cluster{t: t, nss: namespaces, native: native, emits: map[string][]int{}, f: f, channel: uniqueChannel(t), opts: opts}
 	for i := 0; i < n; i++ {
-		nd := &node{idx: i}
-		nd.srv = neffos.New(gorilla.DefaultUpgrader, cl.serverHandler(nd))
-		nd.srv.OnConnect = func(c *neffos.Conn) error {
-			if r := c.Socket().Request(); r != nil && r.URL.Query().Has("refuse") {
-				return errRefused
-			}
-			nd.conns.Store(c.ID(), c)
-			return nil
-		}
-		// Set, so that neffos v0.0.24 skips StackExchange.OnDisconnect for
-		// refused connections (the exchange must release them anyway).
-		nd.srv.OnDisconnect = func(*neffos.Conn) {}
-		// A client may choose its connection id (?cid=...), to test
-		// hostile ids.
-		nd.srv.IDGenerator = func(w http.ResponseWriter, r *http.Request) string {
-			if q := r.URL.Query(); q.Has("cid") {
-				return q.Get("cid")
-			}
-			return neffos.DefaultIDGenerator(w, r)
-		}
-		var o scaleout.Options
-		if opts != nil {
-			o = opts(nd)
-		}
-		exc := f(t, channel, o)
-		if exc == nil {
-			t.Fatalf("factory returned a nil exchange")
-		}
-		nd.exc = exc
-		if err := nd.srv.UseStackExchange(exc); err != nil {
-			t.Fatalf("node %d: UseStackExchange: %v", i, err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		nd.url = "ws://" + ln.Addr().String()
-		nd.hs = &http.Server{Handler: neffostest.Handler(nd.srv), ReadHeaderTimeout: 10 * time.Second}
-		go nd.hs.Serve(ln)
-		cl.nodes = append(cl.nodes, nd)
+		cl.nodes = append(cl.nodes, cl.startNode(i))
 	}
 	t.Cleanup(func() {
 		for _, nd := range cl.nodes {
 			nd.srv.Close()
 		}
 		for _, nd := range cl.nodes {
-			if c, ok := nd.exc.(interface{ Close() error }); ok {
-				_ = c.Close()
-			}
-			_ = nd.hs.Close()
+			nd.stop()
 		}
 	})
 	return cl
+}
+
+// startNode starts node i: a neffos server with a new exchange from the
+// cluster's factory, on a new loopback port.
+func (cl *cluster) startNode(i int) *node {
+	t := cl.t
+	t.Helper()
+	nd := &node{idx: i}
+	nd.srv = neffos.New(gorilla.DefaultUpgrader, cl.serverHandler(nd))
+	nd.srv.OnConnect = func(c *neffos.Conn) error {
+		if r := c.Socket().Request(); r != nil && r.URL.Query().Has("refuse") {
+			return errRefused
+		}
+		nd.conns.Store(c.ID(), c)
+		return nil
+	}
+	// Set, so that neffos v0.0.24 skips StackExchange.OnDisconnect for
+	// refused connections (the exchange must release them anyway).
+	nd.srv.OnDisconnect = func(*neffos.Conn) {}
+	// A client may choose its connection id (?cid=...), to test hostile
+	// ids.
+	nd.srv.IDGenerator = func(w http.ResponseWriter, r *http.Request) string {
+		if q := r.URL.Query(); q.Has("cid") {
+			return q.Get("cid")
+		}
+		return neffos.DefaultIDGenerator(w, r)
+	}
+	var o scaleout.Options
+	if cl.opts != nil {
+		o = cl.opts(nd)
+	}
+	exc := cl.f(t, cl.channel, o)
+	if exc == nil {
+		t.Fatalf("factory returned a nil exchange")
+	}
+	nd.exc = exc
+	if err := nd.srv.UseStackExchange(exc); err != nil {
+		t.Fatalf("node %d: UseStackExchange: %v", i, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.url = "ws://" + ln.Addr().String()
+	nd.hs = &http.Server{Handler: neffostest.Handler(nd.srv), ReadHeaderTimeout: 10 * time.Second}
+	go nd.hs.Serve(ln)
+	return nd
+}
+
+// stop closes the node's exchange and listener (after its server).
+func (nd *node) stop() {
+	if c, ok := nd.exc.(interface{ Close() error }); ok {
+		_ = c.Close()
+	}
+	_ = nd.hs.Close()
+}
+
+// restart stops node i (its clients are disconnected) and starts a new
+// one in its place, with a new exchange: the node's process restarted.
+func (cl *cluster) restart(i int) {
+	cl.t.Helper()
+	old := cl.nodes[i]
+	old.srv.Close()
+	old.stop()
+	cl.nodes[i] = cl.startNode(i)
 }
 
 var channelSeq atomic.Int64

@@ -351,3 +351,43 @@ func testRedundantKill(t *testing.T, ps []Process, f Factory) {
 	}
 	t.Logf("every broker back: cross-node delivery resumed %v after the restart", time.Since(back).Round(time.Millisecond))
 }
+
+// testRestartedNode: a node's process restarts (new exchange) and its
+// clients come back with the same connection ids: the new node's
+// broadcasts and the messages To those ids are delivered, not taken for
+// duplicates of the old node's.
+func testRestartedNode(t *testing.T, f Factory) {
+	const batch = 20
+	cl := newCluster(t, f, Nodes, []string{ns}, false)
+	watchers := []*client{cl.dial("w0", 0, ns), cl.dial("w1", 1, ns)}
+	dialKeep := func(name string) *client {
+		c, err := cl.dialWith(name, 2, dialOpts{id: "keep-1"}, ns)
+		if err != nil {
+			t.Fatalf("dial %s with id keep-1: %v", name, err)
+		}
+		return c
+	}
+	keep := dialKeep("keep-before")
+	send := func(tag string) {
+		for k := 0; k < batch; k++ {
+			cl.nodes[2].srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evMsg, Body: fmt.Appendf(nil, "%s-%d", tag, k)})
+			cl.nodes[0].srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evMsg, To: "keep-1", Body: fmt.Appendf(nil, "%s-to-%d", tag, k)})
+		}
+	}
+	check := func(tag string, keep *client) {
+		t.Helper()
+		cl.barrier(ns, append(watchers, keep)...)
+		for k := 0; k < batch; k++ {
+			for _, w := range watchers {
+				expectCount(t, "a restarted node's broadcasts reach every client once", w, 1, evMsg, fmt.Sprintf("%s-%d", tag, k))
+			}
+			expectCount(t, "messages To a reconnected id reach it once", keep, 1, evMsg, fmt.Sprintf("%s-to-%d", tag, k))
+		}
+	}
+	send("before")
+	check("before", keep)
+	cl.restart(2)
+	keep = dialKeep("keep-after")
+	send("after")
+	check("after", keep)
+}

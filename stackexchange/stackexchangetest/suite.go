@@ -91,6 +91,7 @@ func Run(t *testing.T, f Factory) {
 		{"Reliability/Churn20000/BackToBaseline", heavy(testChurn), 4 * time.Minute},
 		{"Close/MidAsk", testCloseMidAsk, 0},
 		{"Handlers/BroadcastFromLeaveAndDisconnect", testBroadcastFromLeaveHandlers, 0},
+		{"Sequence/RestartedNode", testRestartedNode, 0},
 		{"Handlers/XLeft", testXLeft, 2 * time.Minute},
 		{"Handlers/SlowErrorHandler", testSlowErrorHandler, time.Minute},
 	}
