@@ -151,7 +151,7 @@ func main() {
 	flag.StringVar(&stormExch, "storm-exchanges", "none-sync,redis,nats", "comma-separated exchanges of the connect storm, run in this order in every repeat")
 	flag.IntVar(&cfg.repeat, "repeat", 3, "interleaved repeats of every configuration (the scenarios at each -n, and the connect storm); the report gives medians")
 	flag.BoolVar(&cfg.stormOnly, "storm-only", false, "run the connect storm only, not the scenarios at -n")
-	flag.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "bound of each delivery scenario's wait")
+	flag.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "bound of each delivery scenario's wait after its last send (a slow but progressing burst of -burst-deliveries on a built-in exchange takes 10-20 s)")
 	flag.DurationVar(&cfg.idle, "idle", 3*time.Second, "a delivery scenario stops waiting when nothing arrived for this long")
 	flag.DurationVar(&cfg.grace, "grace", 200*time.Millisecond, "wait after the last expected delivery, for late and duplicate ones")
 	flag.StringVar(&exch, "exchanges", strings.Join(defaultExchanges, ","), "comma-separated, run in this order in every repeat: "+strings.Join(allExchanges, ",")+` ("none" is none-sync)`)

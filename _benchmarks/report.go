@@ -345,7 +345,7 @@ func markdown(cfg config, sums []*Summary, total time.Duration) string {
 		w("\n")
 		var short []string
 		for _, s := range sums {
-			if s.Clients == n && s.BroadcastSeconds.N > 0 && s.BroadcastSeconds.Min < 1 {
+			if s.Clients == n && s.BroadcastLost == 0 && s.BroadcastSeconds.N > 0 && s.BroadcastSeconds.Min < 1 {
 				short = append(short, fmt.Sprintf("%s %.2fs", s.Exchange, s.BroadcastSeconds.Min))
 			}
 		}
