@@ -94,7 +94,8 @@ func (c config) messagesAt(n int) int {
 	return (c.burstDeliveries + n - 1) / n
 }
 
-// Result is one exchange at one client count: one JSON line.
+// Result is one run (repeat) of one exchange at one client count; the
+// runs of each exchange and count are in its Summary (results.jsonl).
 type Result struct {
 	Neffos    string `json:"neffos"`
 	Go        string `json:"go"`
@@ -133,7 +134,7 @@ func (r *Result) scenario(name string) Scenario {
 func main() {
 	var cfg config
 	var ns, exch, stormExch string
-	flag.IntVar(&cfg.k, "k", 3, "neffos nodes per exchange (none always uses 1)")
+	flag.IntVar(&cfg.k, "k", 3, "neffos nodes per exchange (none-sync and none-async always use 1)")
 	flag.StringVar(&ns, "n", "300,1000", "comma-separated client counts")
 	flag.IntVar(&cfg.messages, "messages", 0, "messages of the burst broadcast and room scenarios (0: ceil(-burst-deliveries / N))")
 	flag.IntVar(&cfg.burstDeliveries, "burst-deliveries", 400000, "with -messages 0: deliveries per burst (messages x N), so each burst lasts more than a second")
@@ -156,7 +157,7 @@ func main() {
 	flag.DurationVar(&cfg.grace, "grace", 200*time.Millisecond, "wait after the last expected delivery, for late and duplicate ones")
 	flag.StringVar(&exch, "exchanges", strings.Join(defaultExchanges, ","), "comma-separated, run in this order in every repeat: "+strings.Join(allExchanges, ",")+` ("none" is none-sync)`)
 	flag.StringVar(&cfg.out, "out", "results", "output directory")
-	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "directory for one CPU profile per exchange and client count (cpu-<exchange>-<n>.pprof)")
+	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "directory for one CPU profile per exchange and client count (cpu-<exchange>-<n>-r<repeat>.pprof)")
 	flag.StringVar(&cfg.label, "label", "", "free text for the report header (the machine)")
 	flag.Parse()
 
