@@ -30,9 +30,13 @@ const (
 )
 
 // exchanges, in report order.
-var allExchanges = []string{"none", "none-async", "redis-builtin", "nats-builtin", "redis", "nats", "memory"}
+// "none" is accepted on the command line for "none-sync" (exchangeAlias).
+var allExchanges = []string{"none-sync", "none-async", "redis-builtin", "nats-builtin", "redis", "nats", "memory"}
 
-var defaultExchanges = []string{"none", "none-async", "redis-builtin", "nats-builtin", "redis", "nats"}
+var defaultExchanges = []string{"none-sync", "none-async", "redis-builtin", "nats-builtin", "redis", "nats"}
+
+// exchangeAlias maps older command-line names to the report's.
+var exchangeAlias = map[string]string{"none": "none-sync"}
 
 func needsRedis(name string) bool { return name == "redis" || name == "redis-builtin" }
 func needsNATS(name string) bool  { return name == "nats" || name == "nats-builtin" }
@@ -58,7 +62,7 @@ type cluster struct {
 
 func newExchange(name string, b *proc, mem *scaleout.MemoryBroker, prefix string) (neffos.StackExchange, error) {
 	switch name {
-	case "none", "none-async":
+	case "none-sync", "none-async":
 		return nil, nil
 	case "redis-builtin":
 		e, err := nredis.NewStackExchange(nredis.Config{Addr: b.addr}, prefix)
@@ -93,9 +97,9 @@ func newExchange(name string, b *proc, mem *scaleout.MemoryBroker, prefix string
 	return nil, fmt.Errorf("unknown exchange %q", name)
 }
 
-// startCluster starts k nodes (1 for "none") on loopback.
+// startCluster starts k nodes (1 for the references, none-*) on loopback.
 func startCluster(name string, k int, b *proc) (*cluster, error) {
-	if name == "none" || name == "none-async" {
+	if isReference(name) {
 		k = 1
 	}
 	cl := &cluster{exchange: name, broker: b}
@@ -106,11 +110,13 @@ func startCluster(name string, k int, b *proc) (*cluster, error) {
 	for i := 0; i < k; i++ {
 		nd := &node{idx: i}
 		nd.srv = neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{nsBench: neffos.Events{}, nsChurn: neffos.Events{}})
-		if name == "none" {
-			// neffos's default async broadcaster coalesces broadcasts sent
-			// in quick succession (each connection's waiter reads only the
-			// latest batch), so a burst loses messages. The synchronous one
-			// delivers each exactly once: the honest reference.
+		if name == "none-sync" {
+			// On neffos v0.0.24 the default async broadcaster coalesces
+			// broadcasts sent in quick succession (each connection's
+			// waiter reads only the latest batch), so a burst loses
+			// messages; the synchronous one delivers each exactly once.
+			// Both run (none-sync, none-async); the report takes the
+			// faster one that lost nothing as the reference.
 			nd.srv.SyncBroadcaster = true
 		}
 		nd.srv.OnConnect = func(c *neffos.Conn) error {
@@ -225,15 +231,25 @@ func (cl *cluster) inspectorConns() (int, bool) {
 // ---------------------------------------------------------------- clients
 
 // tally counts the deliveries of one scenario: each (client, message)
-// pair once. Clients record into it from their reader goroutines.
+// pair once, and each message that arrives after a later one of the same
+// publishing node (an order violation). Clients record into it from their
+// reader goroutines (one per client, handling messages in arrival order).
 type tally struct {
 	event  string
 	n      int            // messages
+	k      int            // nodes (publishers)
 	counts []atomic.Int32 // client idx * n + seq
+	newest []atomic.Int32 // client idx * k + node: highest seq seen + 1 (0: none yet)
 	total  atomic.Int64
+	order  atomic.Int64 // order violations
 	last   atomic.Int64 // unix nanos of the latest delivery
 	bad    atomic.Int64 // unparsable bodies
 	lat    bool
+}
+
+func newTally(event string, n, k, clients int, lat bool) *tally {
+	return &tally{event: event, n: n, k: k, lat: lat,
+		counts: make([]atomic.Int32, clients*n), newest: make([]atomic.Int32, clients*k)}
 }
 
 var current atomic.Pointer[tally]
@@ -251,31 +267,33 @@ type client struct {
 	lat []int64 // latencies in ns of the current scenario (when tally.lat)
 }
 
-// body is "<seq>,<unix nanos>".
-func body(seq int, now time.Time) []byte {
-	b := strconv.AppendInt(make([]byte, 0, 32), int64(seq), 10)
+// body is "<seq>,<publishing node>,<unix nanos>". Each node publishes its
+// messages in increasing seq.
+func body(seq, node int, now time.Time) []byte {
+	b := strconv.AppendInt(make([]byte, 0, 40), int64(seq), 10)
+	b = append(b, ',')
+	b = strconv.AppendInt(b, int64(node), 10)
 	b = append(b, ',')
 	return strconv.AppendInt(b, now.UnixNano(), 10)
 }
 
-func parseBody(b []byte) (seq int, ts int64, ok bool) {
+func parseBody(b []byte) (seq, node int, ts int64, ok bool) {
+	var f [3]int64
 	i := 0
-	for ; i < len(b) && b[i] != ','; i++ {
-		if b[i] < '0' || b[i] > '9' {
-			return 0, 0, false
+	for j := range f {
+		start := i
+		for ; i < len(b) && b[i] != ','; i++ {
+			if b[i] < '0' || b[i] > '9' {
+				return 0, 0, 0, false
+			}
+			f[j] = f[j]*10 + int64(b[i]-'0')
 		}
-		seq = seq*10 + int(b[i]-'0')
-	}
-	if i == 0 || i == len(b) {
-		return 0, 0, false
-	}
-	for _, c := range b[i+1:] {
-		if c < '0' || c > '9' {
-			return 0, 0, false
+		if i == start || (j < 2) != (i < len(b)) {
+			return 0, 0, 0, false // empty field, or too few / too many fields
 		}
-		ts = ts*10 + int64(c-'0')
+		i++ // the comma
 	}
-	return seq, ts, true
+	return int(f[0]), int(f[1]), f[2], true
 }
 
 func (c *client) record(m neffos.Message) {
@@ -283,13 +301,19 @@ func (c *client) record(m neffos.Message) {
 	if t == nil || m.Event != t.event {
 		return
 	}
-	seq, ts, ok := parseBody(m.Body)
-	if !ok || seq >= t.n {
+	seq, node, ts, ok := parseBody(m.Body)
+	if !ok || seq >= t.n || node >= t.k {
 		t.bad.Add(1)
 		return
 	}
 	now := time.Now().UnixNano()
 	t.counts[c.idx*t.n+seq].Add(1)
+	// Only this client's reader goroutine touches its slots.
+	if nw := &t.newest[c.idx*t.k+node]; int32(seq+1) < nw.Load() {
+		t.order.Add(1)
+	} else {
+		nw.Store(int32(seq + 1))
+	}
 	t.total.Add(1)
 	t.last.Store(now)
 	if t.lat {

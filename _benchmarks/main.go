@@ -1,20 +1,29 @@
 // Command benchmarks compares neffos StackExchanges in one run: no exchange
-// (one node, the reference), neffos's built-in stackexchange/redis and
-// stackexchange/nats, and this module's redis and nats exchanges (and,
-// optionally, the in-process MemoryBroker).
+// (one node, the references: none-sync on Server.SyncBroadcaster and
+// none-async on neffos's default broadcaster), neffos's built-in
+// stackexchange/redis and stackexchange/nats, and this module's redis and
+// nats exchanges (and, optionally, the in-process MemoryBroker).
 //
 // One process starts K neffos nodes on loopback, each with its own
 // exchange instance, its own redis-server / nats-server processes on free
 // loopback ports (one fresh broker per exchange and client count, stopped by
 // PID at the end), and N real neffos Go clients spread over the nodes. Each
-// scenario has a correctness verdict and numbers. It writes results.md,
-// results.jsonl and plot.png to -out.
+// scenario has a correctness verdict and numbers. Every configuration runs
+// -repeat (3) times, interleaved across the exchanges, each time fresh
+// (repeat.go); the report gives medians with their spread, and ratios of
+// medians against the faster reference that lost nothing. It writes
+// results.md, results.jsonl (one line per exchange and client count, the
+// runs inside) and plot.png to -out.
 //
-//	cd _benchmarks && go run . [-n 300,1000] [-k 3] [-messages 200] [-exchanges none,redis-builtin,nats-builtin,redis,nats]
+// The burst broadcast sends -messages messages, by default
+// ceil(-burst-deliveries / N), so that each burst is long enough (over a
+// second for the references) not to swing with the machine's moods.
+//
+//	cd _benchmarks && go run . [-n 300,1000] [-k 3] [-repeat 3] [-burst-deliveries 400000 | -messages M] [-exchanges none-sync,none-async,redis-builtin,nats-builtin,redis,nats]
 //
 // Then the connect storm (storm.go): -storm clients (6000) dial at once
 // with -storm-dialers (64) into K nodes, for each of -storm-exchanges
-// (none,redis,nats), -repeat (3) interleaved times; -storm 0 skips it,
+// (none-sync,redis,nats), -repeat (3) interleaved times; -storm 0 skips it,
 // -storm-only runs nothing else:
 //
 //	cd _benchmarks && go run . -storm-only -storm 6000 -storm-dialers 64 -repeat 3 -out results/storm
@@ -38,16 +47,17 @@ import (
 )
 
 type config struct {
-	k          int
-	ns         []int
-	messages   int
-	paced      int
-	load       int
-	asks       int
-	askTimeout time.Duration
-	churn      int
-	churnWait  time.Duration
-	dialers    int
+	k               int
+	ns              []int
+	messages        int // 0: ceil(burstDeliveries / N)
+	burstDeliveries int
+	paced           int
+	load            int
+	asks            int
+	askTimeout      time.Duration
+	churn           int
+	churnWait       time.Duration
+	dialers         int
 	// connectTimeout bounds the connect scenario: no dial starts later.
 	connectTimeout time.Duration
 	// The connect storm (storm.go); storm 0 skips it.
@@ -67,15 +77,30 @@ type config struct {
 }
 
 type runner struct {
-	cfg   config
-	procs []*proc
+	cfg      config
+	procs    []*proc
+	messages int // of the burst, room and To scenarios at the current N
+
+	// askDead holds exchange/N whose Ask never returned in an earlier
+	// repeat: later repeats do not wait for it again.
+	askDead map[string]bool
 }
 
-// Result is one exchange at one client count: one JSON line.
+// messagesAt is the burst length at n clients.
+func (c config) messagesAt(n int) int {
+	if c.messages > 0 {
+		return c.messages
+	}
+	return (c.burstDeliveries + n - 1) / n
+}
+
+// Result is one run (repeat) of one exchange at one client count; the
+// runs of each exchange and count are in its Summary (results.jsonl).
 type Result struct {
 	Neffos    string `json:"neffos"`
 	Go        string `json:"go"`
 	Exchange  string `json:"exchange"`
+	Repeat    int    `json:"repeat"` // 1-based
 	Nodes     int    `json:"nodes"`
 	Clients   int    `json:"clients"`
 	Messages  int    `json:"messages"`
@@ -109,9 +134,10 @@ func (r *Result) scenario(name string) Scenario {
 func main() {
 	var cfg config
 	var ns, exch, stormExch string
-	flag.IntVar(&cfg.k, "k", 3, "neffos nodes per exchange (none always uses 1)")
+	flag.IntVar(&cfg.k, "k", 3, "neffos nodes per exchange (none-sync and none-async always use 1)")
 	flag.StringVar(&ns, "n", "300,1000", "comma-separated client counts")
-	flag.IntVar(&cfg.messages, "messages", 200, "messages of the burst broadcast and room scenarios")
+	flag.IntVar(&cfg.messages, "messages", 0, "messages of the burst broadcast and room scenarios (0: ceil(-burst-deliveries / N))")
+	flag.IntVar(&cfg.burstDeliveries, "burst-deliveries", 400000, "with -messages 0: deliveries per burst (messages x N), so each burst lasts more than a second")
 	flag.IntVar(&cfg.paced, "paced", 50, "messages of the paced broadcast")
 	flag.IntVar(&cfg.load, "paced-load", 10000, "paced broadcast load in deliveries per second: messages go out at max(1, load/N) per second, below every exchange's capacity, so latency is not queueing")
 	flag.IntVar(&cfg.asks, "asks", 200, "Server.Ask calls")
@@ -123,15 +149,15 @@ func main() {
 	flag.IntVar(&cfg.storm, "storm", 6000, "clients of the connect storm (0: no storm)")
 	flag.IntVar(&cfg.stormDialers, "storm-dialers", 64, "concurrent dialers of the connect storm")
 	flag.DurationVar(&cfg.stormTimeout, "storm-timeout", 3*time.Minute, "bound of each connect storm: no dial starts later")
-	flag.StringVar(&stormExch, "storm-exchanges", "none,redis,nats", "comma-separated exchanges of the connect storm, run in this order in every repeat")
-	flag.IntVar(&cfg.repeat, "repeat", 3, "interleaved repeats of the connect storm")
+	flag.StringVar(&stormExch, "storm-exchanges", "none-sync,redis,nats", "comma-separated exchanges of the connect storm, run in this order in every repeat")
+	flag.IntVar(&cfg.repeat, "repeat", 3, "interleaved repeats of every configuration (the scenarios at each -n, and the connect storm); the report gives medians")
 	flag.BoolVar(&cfg.stormOnly, "storm-only", false, "run the connect storm only, not the scenarios at -n")
-	flag.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "bound of each delivery scenario's wait")
+	flag.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "bound of each delivery scenario's wait after its last send (a slow but progressing burst of -burst-deliveries on a built-in exchange takes 10-20 s)")
 	flag.DurationVar(&cfg.idle, "idle", 3*time.Second, "a delivery scenario stops waiting when nothing arrived for this long")
 	flag.DurationVar(&cfg.grace, "grace", 200*time.Millisecond, "wait after the last expected delivery, for late and duplicate ones")
-	flag.StringVar(&exch, "exchanges", strings.Join(defaultExchanges, ","), "comma-separated: "+strings.Join(allExchanges, ","))
+	flag.StringVar(&exch, "exchanges", strings.Join(defaultExchanges, ","), "comma-separated, run in this order in every repeat: "+strings.Join(allExchanges, ",")+` ("none" is none-sync)`)
 	flag.StringVar(&cfg.out, "out", "results", "output directory")
-	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "directory for one CPU profile per exchange and client count (cpu-<exchange>-<n>.pprof)")
+	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "directory for one CPU profile per exchange and client count (cpu-<exchange>-<n>-r<repeat>.pprof)")
 	flag.StringVar(&cfg.label, "label", "", "free text for the report header (the machine)")
 	flag.Parse()
 
@@ -142,22 +168,13 @@ func main() {
 		}
 		cfg.ns = append(cfg.ns, n)
 	}
-	for _, s := range strings.Split(exch, ",") {
-		s = strings.TrimSpace(s)
-		if !slices.Contains(allExchanges, s) {
-			fatalf("unknown exchange %q (known: %s)", s, strings.Join(allExchanges, ","))
-		}
-		cfg.exchanges = append(cfg.exchanges, s)
+	cfg.exchanges = parseExchanges("-exchanges", exch)
+	cfg.stormExchanges = parseExchanges("-storm-exchanges", stormExch)
+	if cfg.repeat < 1 {
+		fatalf("need -repeat >= 1")
 	}
-	for _, s := range strings.Split(stormExch, ",") {
-		s = strings.TrimSpace(s)
-		if !slices.Contains(allExchanges, s) {
-			fatalf("unknown storm exchange %q (known: %s)", s, strings.Join(allExchanges, ","))
-		}
-		cfg.stormExchanges = append(cfg.stormExchanges, s)
-	}
-	if cfg.storm < 0 || cfg.storm > 0 && (cfg.stormDialers < 1 || cfg.repeat < 1 || cfg.stormTimeout <= 0) {
-		fatalf("need -storm >= 0, and with a storm positive -storm-dialers, -repeat, -storm-timeout")
+	if cfg.storm < 0 || cfg.storm > 0 && (cfg.stormDialers < 1 || cfg.stormTimeout <= 0) {
+		fatalf("need -storm >= 0, and with a storm positive -storm-dialers, -storm-timeout")
 	}
 	if cfg.stormOnly && cfg.storm == 0 {
 		fatalf("-storm-only needs -storm > 0")
@@ -175,8 +192,8 @@ func main() {
 			fatalf("%v", err)
 		}
 	}
-	if cfg.k < 2 || cfg.messages < 1 || cfg.paced < 1 || cfg.load < 1 || cfg.dialers < 1 || cfg.asks < 1 {
-		fatalf("need -k >= 2 and positive -messages, -paced, -paced-load, -dialers, -asks")
+	if cfg.k < 2 || cfg.messages < 0 || cfg.burstDeliveries < 1 || cfg.paced < 1 || cfg.load < 1 || cfg.dialers < 1 || cfg.asks < 1 {
+		fatalf("need -k >= 2, -messages >= 0 and positive -burst-deliveries, -paced, -paced-load, -dialers, -asks")
 	}
 	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
 		fatalf("%v", err)
@@ -187,7 +204,7 @@ func main() {
 		}
 	}
 
-	r := &runner{cfg: cfg}
+	r := &runner{cfg: cfg, askDead: map[string]bool{}}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -202,11 +219,11 @@ func main() {
 		if cfg.stormOnly {
 			break
 		}
-		for _, ex := range cfg.exchanges {
-			res := r.runOne(ex, n)
+		interleave(cfg.repeat, cfg.exchanges, func(rep int, ex string) {
+			res := r.runOne(ex, n, rep)
 			results = append(results, res)
-			logf("%-13s N=%-5d done in %.1fs %s", ex, n, res.Seconds, res.Error)
-		}
+			logf("%-13s N=%-5d #%d done in %.1fs %s", ex, n, rep, res.Seconds, res.Error)
+		})
 	}
 	var storms []*StormRun
 	if cfg.storm > 0 {
@@ -216,11 +233,12 @@ func main() {
 	total := time.Since(t0)
 
 	var wrote []string
+	sums := summarize(cfg, results)
 	if len(results) > 0 {
-		if err := writeJSONL(filepath.Join(cfg.out, "results.jsonl"), results); err != nil {
+		if err := writeJSONL(filepath.Join(cfg.out, "results.jsonl"), sums); err != nil {
 			fatalf("%v", err)
 		}
-		if err := plotResults(filepath.Join(cfg.out, "plot.png"), cfg, results); err != nil {
+		if err := plotResults(filepath.Join(cfg.out, "plot.png"), cfg, sums); err != nil {
 			fatalf("plot: %v", err)
 		}
 		wrote = append(wrote, "results.jsonl", "plot.png")
@@ -231,7 +249,7 @@ func main() {
 		}
 		wrote = append(wrote, "storm.jsonl")
 	}
-	md := markdown(cfg, results, total)
+	md := markdown(cfg, sums, total)
 	if len(storms) > 0 {
 		md += stormMarkdown(cfg, storms)
 	}
@@ -249,10 +267,32 @@ func (r *runner) stopBrokers() {
 	r.procs = nil
 }
 
-// runOne runs every scenario for one exchange at n clients.
-func (r *runner) runOne(ex string, n int) (res *Result) {
+func parseExchanges(flagName, list string) []string {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		if a, ok := exchangeAlias[s]; ok {
+			s = a
+		}
+		if !slices.Contains(allExchanges, s) {
+			fatalf("%s: unknown exchange %q (known: %s)", flagName, s, strings.Join(allExchanges, ","))
+		}
+		if slices.Contains(out, s) {
+			fatalf("%s: %q twice", flagName, s)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// runOne runs the scenarios for one exchange at n clients, on a fresh
+// cluster and broker. Repeat 1 runs all of them; later repeats only those
+// the report takes medians of (connect, burst, paced, Ask, memory): the
+// others (room, To, Exclude, churn) are correctness checks.
+func (r *runner) runOne(ex string, n, rep int) (res *Result) {
 	start := time.Now()
-	res = &Result{Neffos: neffosVersion(), Go: runtime.Version(), Exchange: ex, Clients: n, Messages: r.cfg.messages}
+	r.messages = r.cfg.messagesAt(n)
+	res = &Result{Neffos: neffosVersion(), Go: runtime.Version(), Exchange: ex, Repeat: rep, Clients: n, Messages: r.messages}
 	defer func() {
 		if p := recover(); p != nil {
 			res.Error = fmt.Sprintf("panic: %v", p)
@@ -279,7 +319,7 @@ func (r *runner) runOne(ex string, n int) (res *Result) {
 	}
 
 	if r.cfg.cpuprofile != "" {
-		f, err := os.Create(filepath.Join(r.cfg.cpuprofile, fmt.Sprintf("cpu-%s-%d.pprof", ex, n)))
+		f, err := os.Create(filepath.Join(r.cfg.cpuprofile, fmt.Sprintf("cpu-%s-%d-r%d.pprof", ex, n, rep)))
 		if err == nil {
 			if err := pprof.StartCPUProfile(f); err == nil {
 				defer func() { pprof.StopCPUProfile(); f.Close() }()
@@ -326,17 +366,32 @@ func (r *runner) runOne(ex string, n int) (res *Result) {
 	}
 
 	res.Scenarios = append(res.Scenarios, conn)
-	for _, sc := range []func(*cluster) Scenario{
-		r.broadcastBurst,
-		r.broadcastPaced,
-		r.roomBroadcast,
-		r.to,
-		func(cl *cluster) Scenario { return r.exclude(cl, "conn") },
-		func(cl *cluster) Scenario { return r.exclude(cl, "id-own") },
-		func(cl *cluster) Scenario { return r.exclude(cl, "id-other") },
-		r.ask,
-		r.churn,
-	} {
+	scenarios := []func(*cluster) Scenario{r.broadcastBurst, r.broadcastPaced}
+	if rep == 1 {
+		scenarios = append(scenarios,
+			r.roomBroadcast,
+			r.to,
+			func(cl *cluster) Scenario { return r.exclude(cl, "conn") },
+			func(cl *cluster) Scenario { return r.exclude(cl, "id-own") },
+			func(cl *cluster) Scenario { return r.exclude(cl, "id-other") },
+		)
+	}
+	deadKey := fmt.Sprintf("%s/%d", ex, n)
+	if r.askDead[deadKey] {
+		res.Scenarios = append(res.Scenarios, Scenario{Name: "ask", Note: "never returned in an earlier repeat: not run again"})
+	} else {
+		scenarios = append(scenarios, func(cl *cluster) Scenario {
+			s := r.ask(cl)
+			if s.Delivered == 0 {
+				r.askDead[deadKey] = true
+			}
+			return s
+		})
+	}
+	if rep == 1 {
+		scenarios = append(scenarios, r.churn)
+	}
+	for _, sc := range scenarios {
 		s := sc(cl)
 		logf("  %-13s N=%-5d %-17s %-28s %6.2fs %10.0f/s", ex, n, s.Name, s.verdict(), s.Seconds, s.PerSec)
 		res.Scenarios = append(res.Scenarios, s)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs the exchange comparison (see main.go) and writes results.md,
-# results.jsonl and plot.png.
+# results.jsonl and plot.png: every configuration -repeat 3 times,
+# interleaved across the exchanges; medians with min-max; ratios against the
+# faster of none-sync / none-async that lost nothing at each N; bursts of
+# ceil(-burst-deliveries 400000 / N) messages.
 #
 #   bash _benchmarks/run.sh                 # neffos from go.mod (v0.0.24) -> results/
 #   bash _benchmarks/run.sh next            # neffos v0.0.25 on Go 1.27 (GOTOOLCHAIN=go1.27.3) -> results/neffos-v0.0.25/
 #   bash _benchmarks/run.sh both            # one after the other
-#   bash _benchmarks/run.sh current -n 300 -exchanges none,redis   # any flag of the command after the mode
+#   bash _benchmarks/run.sh current -n 300 -exchanges none-sync,none-async,redis   # any flag of the command after the mode
 #   bash _benchmarks/run.sh current -storm-only -out results/storm  # the connect storm alone (-storm 6000 -storm-dialers 64 -repeat 3)
 #
 # "next" works on a temporary copy of go.mod/go.sum and restores them

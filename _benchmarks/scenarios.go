@@ -16,26 +16,29 @@ import (
 // Scenario is the outcome of one scenario: a correctness verdict and its
 // numbers.
 type Scenario struct {
-	Name      string  `json:"name"`
-	Messages  int     `json:"messages"`
-	Expected  int64   `json:"expected"`  // deliveries that must happen
-	Delivered int64   `json:"delivered"` // expected deliveries that happened (each counted once)
-	Missing   int64   `json:"missing"`
-	Dups      int64   `json:"duplicates"`
-	Wrong     int64   `json:"wrong"` // deliveries where none was expected
-	OK        bool    `json:"ok"`
-	Seconds   float64 `json:"seconds"`
-	PerSec    float64 `json:"per_sec,omitempty"` // deliveries (or connects, asks) per second
-	P50ms     float64 `json:"p50_ms,omitempty"`
-	P99ms     float64 `json:"p99_ms,omitempty"`
-	Note      string  `json:"note,omitempty"`
+	Name      string `json:"name"`
+	Messages  int    `json:"messages"`
+	Expected  int64  `json:"expected"`  // deliveries that must happen
+	Delivered int64  `json:"delivered"` // expected deliveries that happened (each counted once)
+	Missing   int64  `json:"missing"`
+	Dups      int64  `json:"duplicates"`
+	Wrong     int64  `json:"wrong"` // deliveries where none was expected
+	// Order counts deliveries that came after a later message of the same
+	// publishing node (to the same client).
+	Order   int64   `json:"order_violations"`
+	OK      bool    `json:"ok"`
+	Seconds float64 `json:"seconds"`
+	PerSec  float64 `json:"per_sec,omitempty"` // deliveries (or connects, asks) per second
+	P50ms   float64 `json:"p50_ms,omitempty"`
+	P99ms   float64 `json:"p99_ms,omitempty"`
+	Note    string  `json:"note,omitempty"`
 }
 
 func (s Scenario) verdict() string {
 	if s.OK {
 		return "pass"
 	}
-	if s.Note != "" && s.Missing == 0 && s.Dups == 0 && s.Wrong == 0 {
+	if s.Note != "" && s.Missing == 0 && s.Dups == 0 && s.Wrong == 0 && s.Order == 0 {
 		return "fails (" + s.Note + ")"
 	}
 	v := "FAIL"
@@ -48,6 +51,9 @@ func (s Scenario) verdict() string {
 	if s.Wrong > 0 {
 		v += fmt.Sprintf(" wrong %d", s.Wrong)
 	}
+	if s.Order > 0 {
+		v += fmt.Sprintf(" out-of-order %d", s.Order)
+	}
 	return v
 }
 
@@ -55,9 +61,10 @@ func (s Scenario) verdict() string {
 type delivery struct {
 	name     string
 	event    string
-	n        int                        // messages
-	interval time.Duration              // 0: burst
-	send     func(seq int, body []byte) // sends message seq
+	n        int               // messages
+	interval time.Duration     // 0: burst
+	from     func(seq int) int // the node that publishes message seq
+	send     func(srv *neffos.Server, seq int, body []byte)
 	expect   func(c *client, seq int) bool
 	lat      bool
 }
@@ -65,7 +72,7 @@ type delivery struct {
 // deliver sends d.n messages, waits (bounded) for every expected delivery,
 // waits a grace period for late and duplicate ones, and judges.
 func (r *runner) deliver(cl *cluster, d delivery) Scenario {
-	t := &tally{event: d.event, n: d.n, counts: make([]atomic.Int32, len(cl.clients)*d.n), lat: d.lat}
+	t := newTally(d.event, d.n, len(cl.nodes), len(cl.clients), d.lat)
 	var expected int64
 	for _, c := range cl.clients {
 		if c == nil {
@@ -88,7 +95,8 @@ func (r *runner) deliver(cl *cluster, d delivery) Scenario {
 				time.Sleep(w)
 			}
 		}
-		d.send(seq, body(seq, time.Now()))
+		from := d.from(seq)
+		d.send(cl.nodes[from].srv, seq, body(seq, from, time.Now()))
 	}
 	// Wait for every expected delivery, at most cfg.timeout, and give up
 	// early when nothing arrived for cfg.idle (lost messages never come).
@@ -129,7 +137,8 @@ func (r *runner) deliver(cl *cluster, d delivery) Scenario {
 		}
 	}
 	s.Wrong += t.bad.Load()
-	s.OK = s.Missing == 0 && s.Dups == 0 && s.Wrong == 0
+	s.Order = t.order.Load()
+	s.OK = s.Missing == 0 && s.Dups == 0 && s.Wrong == 0 && s.Order == 0
 	if last := t.last.Load(); last > 0 {
 		s.Seconds = time.Duration(last - start.UnixNano()).Seconds()
 	}
@@ -233,11 +242,16 @@ func msg(event string, b []byte) neffos.Message {
 	return neffos.Message{Namespace: nsBench, Event: event, Body: b}
 }
 
+// roundRobin publishes message seq from node seq mod K.
+func roundRobin(cl *cluster) func(int) int {
+	return func(seq int) int { return seq % len(cl.nodes) }
+}
+
 func (r *runner) broadcastBurst(cl *cluster) Scenario {
 	return r.deliver(cl, delivery{
-		name: "broadcast", event: "burst", n: r.cfg.messages,
-		send: func(seq int, b []byte) {
-			cl.nodes[seq%len(cl.nodes)].srv.Broadcast(nil, msg("burst", b))
+		name: "broadcast", event: "burst", n: r.messages, from: roundRobin(cl),
+		send: func(srv *neffos.Server, _ int, b []byte) {
+			srv.Broadcast(nil, msg("burst", b))
 		},
 		expect: func(*client, int) bool { return true },
 	})
@@ -246,8 +260,9 @@ func (r *runner) broadcastBurst(cl *cluster) Scenario {
 func (r *runner) broadcastPaced(cl *cluster) Scenario {
 	return r.deliver(cl, delivery{
 		name: "paced", event: "paced", n: r.cfg.paced, interval: time.Second / time.Duration(max(1, r.cfg.load/len(cl.clients))), lat: true,
-		send: func(seq int, b []byte) {
-			cl.nodes[seq%len(cl.nodes)].srv.Broadcast(nil, msg("paced", b))
+		from: roundRobin(cl),
+		send: func(srv *neffos.Server, _ int, b []byte) {
+			srv.Broadcast(nil, msg("paced", b))
 		},
 		expect: func(*client, int) bool { return true },
 	})
@@ -255,11 +270,11 @@ func (r *runner) broadcastPaced(cl *cluster) Scenario {
 
 func (r *runner) roomBroadcast(cl *cluster) Scenario {
 	return r.deliver(cl, delivery{
-		name: "room", event: "room", n: r.cfg.messages,
-		send: func(seq int, b []byte) {
+		name: "room", event: "room", n: r.messages, from: roundRobin(cl),
+		send: func(srv *neffos.Server, _ int, b []byte) {
 			m := msg("room", b)
 			m.Room = room
-			cl.nodes[seq%len(cl.nodes)].srv.Broadcast(nil, m)
+			srv.Broadcast(nil, m)
 		},
 		expect: func(c *client, _ int) bool { return c.idx%4 == 0 },
 	})
@@ -268,15 +283,15 @@ func (r *runner) roomBroadcast(cl *cluster) Scenario {
 // to sends each message To one client held by another node than the sender.
 func (r *runner) to(cl *cluster) Scenario {
 	live := r.live(cl)
-	n := min(r.cfg.messages, 50)
+	n := min(r.messages, 50)
 	target := func(seq int) *client { return live[(seq*7)%len(live)] }
 	return r.deliver(cl, delivery{
 		name: "to", event: "to", n: n,
-		send: func(seq int, b []byte) {
-			t := target(seq)
+		from: func(seq int) int { return otherNode(cl, target(seq).node) },
+		send: func(srv *neffos.Server, seq int, b []byte) {
 			m := msg("to", b)
-			m.To = t.id
-			cl.nodes[otherNode(cl, t.node)].srv.Broadcast(nil, m)
+			m.To = target(seq).id
+			srv.Broadcast(nil, m)
 		},
 		expect: func(c *client, seq int) bool { return c == target(seq) },
 	})
@@ -292,7 +307,7 @@ func (r *runner) exclude(cl *cluster, how string) Scenario {
 	ev := "x" + how
 	// Broadcast's first parameter is a fmt.Stringer on neffos v0.0.24 and a
 	// neffos.Sender on v0.0.25: call it with concrete values only.
-	send := func(_ int, b []byte) { cl.nodes[from].srv.Broadcast(neffos.Exclude(ex.id), msg(ev, b)) }
+	send := func(srv *neffos.Server, _ int, b []byte) { srv.Broadcast(neffos.Exclude(ex.id), msg(ev, b)) }
 	switch how {
 	case "conn":
 		v, ok := cl.nodes[ex.node].conns.Load(ex.id)
@@ -300,12 +315,13 @@ func (r *runner) exclude(cl *cluster, how string) Scenario {
 			return Scenario{Name: "exclude-" + how, Note: "server conn not found"}
 		}
 		conn := v.(*neffos.Conn)
-		send = func(_ int, b []byte) { cl.nodes[from].srv.Broadcast(conn, msg(ev, b)) }
+		send = func(srv *neffos.Server, _ int, b []byte) { srv.Broadcast(conn, msg(ev, b)) }
 	case "id-other":
 		from = otherNode(cl, ex.node)
 	}
 	return r.deliver(cl, delivery{
 		name: "exclude-" + how, event: ev, n: 5,
+		from:   func(int) int { return from },
 		send:   send,
 		expect: func(c *client, _ int) bool { return c != ex },
 	})
@@ -323,7 +339,7 @@ func (r *runner) ask(cl *cluster) Scenario {
 	for i := 0; i < r.cfg.asks; i++ {
 		t := live[(i*13)%len(live)]
 		from := otherNode(cl, t.node)
-		b := body(i, time.Now())
+		b := body(i, from, time.Now())
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.askTimeout)
 		t0 := time.Now()
 		resp, err := cl.nodes[from].srv.Ask(ctx, neffos.Message{Namespace: nsBench, Event: evAsk, To: t.id, Body: b})

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -12,9 +11,8 @@ import (
 // The connect storm: cfg.storm clients dial into a cluster at once, with
 // cfg.stormDialers concurrent dialers, each into namespace nsBench; timed
 // from the first dial to the last Connect returning. Every exchange of
-// cfg.stormExchanges runs once per repeat, interleaved (none, redis, nats,
-// none, redis, nats, ...), so a slow phase of this shared machine hits
-// every exchange alike; the report gives medians and the spread.
+// cfg.stormExchanges runs once per repeat, interleaved as the scenarios are
+// (repeat.go); the report gives medians and the spread.
 
 // StormRun is one connect storm: one JSON line of storm.jsonl.
 type StormRun struct {
@@ -34,14 +32,12 @@ type StormRun struct {
 // runStorms runs cfg.repeat rounds of one storm per exchange.
 func (r *runner) runStorms() []*StormRun {
 	var runs []*StormRun
-	for rep := 1; rep <= r.cfg.repeat; rep++ {
-		for _, ex := range r.cfg.stormExchanges {
-			run := r.storm(ex, rep)
-			runs = append(runs, run)
-			logf("  storm %-13s #%d C=%d D=%d: %d connected in %.2fs, %.0f/s %s%s", ex, rep, run.Clients, run.Dialers,
-				run.Connected, run.Seconds, run.PerSec, run.Note, run.Error)
-		}
-	}
+	interleave(r.cfg.repeat, r.cfg.stormExchanges, func(rep int, ex string) {
+		run := r.storm(ex, rep)
+		runs = append(runs, run)
+		logf("  storm %-13s #%d C=%d D=%d: %d connected in %.2fs, %.0f/s %s%s", ex, rep, run.Clients, run.Dialers,
+			run.Connected, run.Seconds, run.PerSec, run.Note, run.Error)
+	})
 	return runs
 }
 
@@ -104,29 +100,18 @@ type stormStats struct {
 	exchange      string
 	nodes         int
 	rates         []float64 // connects/s per repeat, in repeat order
-	secs          []float64
+	rate, secs    Spread
 	failed        int
-	median        float64
-	lo, hi        float64
-	ratio         float64 // median / none's median
-	ratioLo       float64 // per-repeat ratio against the same repeat's none
+	ratio         float64 // median / the reference's median
+	ratioLo       float64 // per-repeat ratio against the same repeat's reference
 	ratioHi       float64
 	errors, notes []string
 }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func summarizeStorms(exchanges []string, runs []*StormRun) []*stormStats {
+// summarizeStorms returns the stats per exchange and the reference: the
+// faster exchange-less node (none-sync, none-async) none of whose storms
+// failed a dial or erred, "" when there is none.
+func summarizeStorms(exchanges []string, runs []*StormRun) ([]*stormStats, string) {
 	by := map[string]*stormStats{}
 	var out []*stormStats
 	for _, ex := range exchanges {
@@ -134,7 +119,7 @@ func summarizeStorms(exchanges []string, runs []*StormRun) []*stormStats {
 		by[ex] = st
 		out = append(out, st)
 	}
-	noneAt := map[int]float64{}
+	var secs = map[string][]float64{}
 	for _, run := range runs {
 		st := by[run.Exchange]
 		if st == nil {
@@ -149,25 +134,34 @@ func summarizeStorms(exchanges []string, runs []*StormRun) []*stormStats {
 		}
 		st.nodes = run.Nodes
 		st.rates = append(st.rates, run.PerSec)
-		st.secs = append(st.secs, run.Seconds)
+		secs[run.Exchange] = append(secs[run.Exchange], run.Seconds)
 		st.failed += run.Failed
-		if run.Exchange == "none" {
-			noneAt[run.Repeat] = run.PerSec
+	}
+	var cands []refCandidate
+	for _, st := range out {
+		st.rate, st.secs = spreadOf(st.rates), spreadOf(secs[st.exchange])
+		if isReference(st.exchange) {
+			cands = append(cands, refCandidate{st.exchange, st.failed == 0 && len(st.errors) == 0, st.rate.Median})
 		}
 	}
-	none := by["none"]
+	ref := pickReference(cands)
+	if ref == "" {
+		return out, ""
+	}
+	refAt := map[int]float64{}
+	for _, run := range runs {
+		if run.Exchange == ref {
+			refAt[run.Repeat] = run.PerSec
+		}
+	}
 	for _, st := range out {
-		if len(st.rates) == 0 {
+		if st.rate.N == 0 {
 			continue
 		}
-		st.median = median(st.rates)
-		st.lo, st.hi = slices.Min(st.rates), slices.Max(st.rates)
-		if none != nil && len(none.rates) > 0 {
-			st.ratio = st.median / median(none.rates)
-		}
+		st.ratio = st.rate.Median / by[ref].rate.Median
 		first := true
 		for _, run := range runs {
-			nr, ok := noneAt[run.Repeat]
+			nr, ok := refAt[run.Repeat]
 			if run.Exchange != st.exchange || run.Error != "" || !ok || nr <= 0 {
 				continue
 			}
@@ -181,21 +175,26 @@ func summarizeStorms(exchanges []string, runs []*StormRun) []*stormStats {
 			first = false
 		}
 	}
-	return out
+	return out, ref
 }
 
 func stormMarkdown(cfg config, runs []*StormRun) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	stats, ref := summarizeStorms(cfg.stormExchanges, runs)
 	w("\n## Connect storm\n\n")
-	w("- %d clients dial at once with %d concurrent dialers, each into namespace %q, spread round-robin over K=%d nodes (`none`: 1 node, no exchange); timed from the first dial to the last `Connect` returning (per-client broker subscriptions the engine makes in the background are not waited for); each dial bounded by 10s, no dial started after %v.\n",
+	w("- %d clients dial at once with %d concurrent dialers, each into namespace %q, spread round-robin over K=%d nodes (`none-*`: 1 node, no exchange); timed from the first dial to the last `Connect` returning (per-client broker subscriptions the engine makes in the background are not waited for); each dial bounded by 10s, no dial started after %v.\n",
 		cfg.storm, cfg.stormDialers, nsBench, cfg.k, cfg.stormTimeout)
-	w("- %d interleaved repeats (%s, then again), each on a fresh cluster and a fresh broker; medians over the repeats, spread min-max. `vs none` is the median against none's median; `paired` is the range of each repeat's ratio against none in the same repeat.\n\n",
-		cfg.repeat, strings.Join(cfg.stormExchanges, ", "))
+	refNote := "no exchange-less reference without failed dials ran: no ratios"
+	if ref != "" {
+		refNote = fmt.Sprintf("the reference is `%s` (the faster exchange-less node whose storms all connected)", ref)
+	}
+	w("- %d interleaved repeats (%s, then again), each on a fresh cluster and a fresh broker; medians over the repeats, spread min-max. `vs none` is the median against the reference's median; `paired` is the range of each repeat's ratio against the reference in the same repeat; %s.\n\n",
+		cfg.repeat, strings.Join(cfg.stormExchanges, ", "), refNote)
 	w("| exchange | nodes | connects/s median | min-max | vs none | paired vs none min-max | seconds median | failed | runs (connects/s, in repeat order) |\n")
 	w("|---|---|---|---|---|---|---|---|---|\n")
-	for _, st := range summarizeStorms(cfg.stormExchanges, runs) {
-		if len(st.rates) == 0 {
+	for _, st := range stats {
+		if st.rate.N == 0 {
 			w("| %s | - | - | - | - | - | - | - | %s |\n", st.exchange, strings.Join(st.errors, "; "))
 			continue
 		}
@@ -204,14 +203,17 @@ func stormMarkdown(cfg config, runs []*StormRun) string {
 			vs = fmt.Sprintf("%.2fx", st.ratio)
 			paired = fmt.Sprintf("%.2fx-%.2fx", st.ratioLo, st.ratioHi)
 		}
+		if st.exchange == ref {
+			vs += " (ref)"
+		}
 		each := make([]string, len(st.rates))
 		for i, v := range st.rates {
 			each[i] = f0(v)
 		}
-		w("| %s | %d | %s | %s-%s | %s | %s | %s | %d | %s |\n", st.exchange, st.nodes, f0(st.median), f0(st.lo), f0(st.hi),
-			vs, paired, f2(median(st.secs)), st.failed, strings.Join(each, ", "))
+		w("| %s | %d | %s | %s-%s | %s | %s | %s | %d | %s |\n", st.exchange, st.nodes, f0(st.rate.Median), f0(st.rate.Min), f0(st.rate.Max),
+			vs, paired, f2(st.secs.Median), st.failed, strings.Join(each, ", "))
 	}
-	for _, st := range summarizeStorms(cfg.stormExchanges, runs) {
+	for _, st := range stats {
 		for _, e := range st.errors {
 			w("\n- %s storm %s\n", st.exchange, e)
 		}
