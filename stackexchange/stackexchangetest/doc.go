@@ -14,7 +14,7 @@
 //		})
 //	}
 //
-// The rules are those of the project's DESIGN.md: broadcast to a namespace,
+// The rules (Run lists them by name): broadcast to a namespace,
 // a room and one connection; exclusions by *Conn, *NSConn and
 // neffos.Exclude(id) from any node; binary, error and native messages; names
 // with ';', unicode and spaces; Server.Ask with and without To, its deadline
@@ -22,7 +22,10 @@
 // resources released on disconnect; 500 fresh clients that each get a
 // broadcast sent the moment their Connect returned; and with 300 clients on
 // 3 nodes, at most 3 broker connections per node and one namespace
-// subscription per node (when the exchange implements scaleout.Inspector).
+// subscription per node (when the exchange implements scaleout.Inspector);
+// broadcasts from neffos's leave handlers, slow error handlers, a restarted
+// node. RunFaults and RunRedundancyFaults add the rules that kill broker
+// processes the test owns.
 //
 // A rule passes engine options to the factory (opts: an ErrorHandler, a
 // Logger, a small QueueSize; the zero value for most rules). Rules also
