@@ -159,7 +159,7 @@ func (p *pipeline) drain(done <-chan struct{}) {
 
 // send publishes batch in order, stamping each message with its sequence
 // number once, and retries from the first message not confirmed until
-// PublishTimeout after the first attempt (time spent waiting in the queue,
+// PublishTimeout passed without progress (time spent waiting in the queue,
 // under back-pressure, does not count).
 func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 	e := p.e
@@ -169,14 +169,18 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 		e.seqs.stamp(batch[i].channel, &batch[i].env, now)
 		pubs[i] = Publication{Channel: batch[i].channel, Payload: encodeEnvelope(&batch[i].env)}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
-	defer cancel()
+	deadline := time.Now().Add(e.opts.PublishTimeout)
 	for backoff := retryBackoff; len(pubs) > 0; backoff = min(2*backoff, maxRetryBackoff) {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		sent, err := e.publishBatch(ctx, pubs)
+		cancel()
 		e.published.Add(uint64(sent))
 		pubs = pubs[sent:]
 		if err == nil || sent > 0 {
+			// Progress: the broker is alive; the rest gets a full
+			// PublishTimeout again.
 			e.down.Store(false)
+			deadline, backoff = time.Now().Add(e.opts.PublishTimeout), retryBackoff/2
 		}
 		switch {
 		case err == nil || e.isClosed():
@@ -186,8 +190,8 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 			pubs = pubs[1:]
 			continue
 		}
-		// The broker is failing: retry after a pause, until the timeout.
-		if !sleepCtx(ctx, backoff) || isDone(done) {
+		// The broker is failing: retry after a pause, until the deadline.
+		if time.Until(deadline) < backoff || !sleepDone(backoff, done) {
 			e.down.Store(true)
 			e.publishErrors.Add(uint64(len(pubs)) - 1)
 			e.failed(pubs[0].Channel, fmt.Errorf("%d messages from here on given up: %w", len(pubs), err))
@@ -196,11 +200,14 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 	}
 }
 
-func isDone(done <-chan struct{}) bool {
+// sleepDone waits d; it reports false when done closed first.
+func sleepDone(d time.Duration, done <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
-	case <-done:
+	case <-t.C:
 		return true
-	default:
+	case <-done:
 		return false
 	}
 }

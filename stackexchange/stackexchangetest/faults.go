@@ -2,6 +2,7 @@ package stackexchangetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/kataras/neffos"
+
+	"github.com/neffos-contrib/scaleout"
 )
 
 // Process is a broker server process that a fault rule may kill and start
@@ -143,8 +146,8 @@ func testKillRestart(t *testing.T, ps []Process, f Factory) {
 	restartAll(t, ps...)
 	back := time.Now()
 	atReturn := bgSeq.Load()
-	if !waitUntil(30*time.Second, func() bool { return crossed(atReturn) }) {
-		t.Fatalf("node 0's broadcasts did not reach the other nodes within 30 s of the broker's return")
+	if !waitUntil(30*time.Second, func() bool { return crossed(atReturn) && resubscribed(t, cl) }) {
+		t.Fatalf("node 0's broadcasts did not reach the other nodes, or the nodes did not subscribe again, within 30 s of the broker's return")
 	}
 	resumed := time.Since(back)
 
@@ -194,6 +197,23 @@ func testKillRestart(t *testing.T, ps []Process, f Factory) {
 		t.Errorf("after the broker's return: %d of %d batch deliveries lost, %d duplicated, %d out of order; want every message exactly once, in each node's order",
 			lost, batch*Nodes*len(cs), dups, disorder)
 	}
+}
+
+// resubscribed reports whether every node subscribes the namespace's
+// channel on the broker again, as far as the exchanges can tell
+// (scaleout.Inspector); without an Inspector it reports true.
+func resubscribed(t *testing.T, cl *cluster) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	in, ok := cl.nodes[0].exc.(scaleout.Inspector)
+	if !ok {
+		return true
+	}
+	n, err := in.NamespaceSubscribers(ctx, ns)
+	if errors.Is(err, errors.ErrUnsupported) {
+		return true
+	}
+	return err == nil && n >= len(cl.nodes)
 }
 
 func bodyInt(b []byte) int64 {
