@@ -233,6 +233,9 @@ func testSlowClient(t *testing.T, f Factory) {
 		ok := waitUntil(90*time.Second, func() bool { n, bad := c.seqState(); return n == messages || bad > 0 })
 		next, bad := c.seqState()
 		if !ok || bad > 0 || next != messages {
+			for i, st := range stats(cl) {
+				t.Logf("node %d: %+v", i, st)
+			}
 			t.Fatalf("reader %s on node %d: %d of %d messages in order, %d out of order or repeated, while another client stalled", c.name, c.node, next, messages, bad)
 		}
 	}
