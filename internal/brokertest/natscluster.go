@@ -17,7 +17,8 @@ const routesTimeout = 15 * time.Second
 
 // NATSCluster is a NATS cluster of a test's own: nats-server processes
 // started by StartNATSCluster, each on free loopback ports (client,
-// cluster and monitoring), with routes to every other member.
+// cluster and monitoring), with routes to every other member (member i
+// has explicit routes to members 0..i-1; the later members route to it).
 //
 // Each member is a *NATS: Kill, Pause, Resume and Stop work as for a single
 // server, by its PID. Restart starts the member again on the same ports
@@ -56,9 +57,16 @@ func StartNATSCluster(n int, options ...NATSOption) (*NATSCluster, error) {
 	name := fmt.Sprintf("scaleout-%d", time.Now().UnixNano())
 	c := &NATSCluster{}
 	for i := range n {
-		others := append(append([]string(nil), routes[:i]...), routes[i+1:]...)
-		opts := append(append([]NATSOption(nil), options...), NATSMonitor(), natsPeers(n-1),
-			NATSArgs("--cluster", routes[i], "--routes", strings.Join(others, ","), "--cluster_name", name))
+		// Explicit routes to the members started before: they listen
+		// already, so no route is refused at start and then formed twice
+		// (a full mesh of explicit routes is, and resolves "Duplicate
+		// Route" a second later). Every pair has one explicit side, which
+		// retries: a restarted member is routed again either way.
+		args := []string{"--cluster", routes[i], "--cluster_name", name}
+		if i > 0 {
+			args = append(args, "--routes", strings.Join(routes[:i], ","))
+		}
+		opts := append(append([]NATSOption(nil), options...), NATSMonitor(), natsPeers(n-1), NATSArgs(args...))
 		s, err := StartNATS(opts...)
 		if err != nil {
 			c.Stop()

@@ -774,9 +774,20 @@ func (ev *clusterConns) group(channel string) []clusterConn {
 // TestConformanceCluster runs the conformance suite on a NATS cluster of
 // three nats-server processes of the test's own, node i attached to
 // server i.
+// A failed run logs the exchanges' NATS connection failures.
 func TestConformanceCluster(t *testing.T) {
 	c := brokertest.NewNATSCluster(t, 3)
-	stackexchangetest.Run(t, clusterFactory(c, nil))
+	ev := &clusterConns{}
+	stackexchangetest.Run(t, clusterFactory(c, ev))
+	if t.Failed() {
+		ev.mu.Lock()
+		defer ev.mu.Unlock()
+		for _, cc := range ev.conns {
+			if cc.failures > 0 || len(cc.reconnectedTo) > 0 {
+				t.Logf("channel %s node %d: %d NATS connection failures, reconnected to %v", cc.channel, cc.node, cc.failures, cc.reconnectedTo)
+			}
+		}
+	}
 }
 
 // TestClusterFaults runs the conformance package's cluster fault rules on
