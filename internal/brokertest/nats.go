@@ -54,8 +54,9 @@ type NATS struct {
 	// Log is the server's log file, appended to across restarts.
 	Log string
 
-	bin  string
-	args []string
+	bin   string
+	args  []string
+	peers int // cluster members it has routes to (NATSCluster), else 0
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -69,6 +70,7 @@ type natsConfig struct {
 	monitor bool
 	config  string
 	extra   []string
+	peers   int // set by StartNATSCluster
 }
 
 // NATSMonitor also opens the HTTP monitoring endpoint on a free port.
@@ -105,11 +107,12 @@ func StartNATS(options ...NATSOption) (*NATS, error) {
 		return nil, err
 	}
 	n := &NATS{
-		Port: port,
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		Dir:  dir,
-		Log:  filepath.Join(dir, "nats.log"),
-		bin:  bin,
+		Port:  port,
+		Addr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		Dir:   dir,
+		Log:   filepath.Join(dir, "nats.log"),
+		bin:   bin,
+		peers: cfg.peers,
 	}
 	n.URL = "nats://" + n.Addr
 	n.args = []string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-l", n.Log}
@@ -229,10 +232,18 @@ func (n *NATS) kill() {
 }
 
 // Restart starts the server again on the same port with the same
-// arguments, killing the running one first if there is one.
+// arguments, killing the running one first if there is one. A member of a
+// NATSCluster returns once its routes to every other member are up again
+// (see NATSCluster).
 func (n *NATS) Restart() error {
 	n.kill()
-	return n.start()
+	if err := n.start(); err != nil {
+		return err
+	}
+	if n.peers > 0 {
+		return n.waitRoutes(routesTimeout)
+	}
+	return nil
 }
 
 // Pause stops the server with SIGSTOP: its sockets stay open, nothing is

@@ -663,12 +663,13 @@ func TestConformance(t *testing.T) {
 	stackexchangetest.Run(t, factory(url, monitor))
 }
 
-// factory builds the suite's exchanges on the NATS server at url.
-func factory(url, monitor string) stackexchangetest.Factory {
+// factory builds the suite's exchanges on the NATS server at url (or the
+// comma-separated URL list), with the nats.go options.
+func factory(url, monitor string, options ...natsgo.Option) stackexchangetest.Factory {
 	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		if reflect.ValueOf(opts).IsZero() {
 			// The drop-in constructor, as users of neffos's exchange call it.
-			exc, err := nats.NewStackExchange(url)
+			exc, err := nats.NewStackExchange(url, options...)
 			if err != nil {
 				t.Fatalf("NewStackExchange: %v", err)
 			}
@@ -679,7 +680,8 @@ func factory(url, monitor string) stackexchangetest.Factory {
 		// The drop-in constructor takes no engine options: the rule's go
 		// through NewStackExchangeConn, on a connection set up as
 		// NewStackExchange sets up its own, closed after the exchange.
-		nc, err := natsgo.Connect(url, natsgo.NoEcho(), natsgo.MaxReconnects(-1), natsgo.FlusherTimeout(time.Second), natsgo.Name("scaleout-"+uniquePrefix()))
+		base := []natsgo.Option{natsgo.NoEcho(), natsgo.MaxReconnects(-1), natsgo.FlusherTimeout(time.Second), natsgo.Name("scaleout-" + uniquePrefix())}
+		nc, err := natsgo.Connect(url, append(base, options...)...)
 		if err != nil {
 			t.Fatalf("connect to NATS: %v", err)
 		}
@@ -691,6 +693,133 @@ func factory(url, monitor string) stackexchangetest.Factory {
 		}
 		exc.MonitorURL = monitor
 		return exc
+	}
+}
+
+// clusterFactory builds the suite's exchanges on a NATS cluster: each with
+// the cluster's whole URL list, node i's starting with server i (modulo
+// the cluster's size), with nats.DontRandomize, so node i is attached to
+// server i and fails over to the next ones, and cross-node traffic crosses
+// the cluster's routes. It relies on the suite calling a Factory once per
+// node in node order, each group of nodes with a channel of its own: the
+// calls are counted per channel. No monitor URL: one server's /connz and
+// /subsz do not count a cluster (the suite logs the counts as
+// unsupported). Each exchange's connection failures and reconnects go to
+// ev when it is not nil.
+func clusterFactory(c *brokertest.NATSCluster, ev *clusterConns) stackexchangetest.Factory {
+	var mu sync.Mutex
+	calls := map[string]int{} // channel -> nodes built
+	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
+		mu.Lock()
+		node := calls[channel]
+		calls[channel]++
+		mu.Unlock()
+		options := []natsgo.Option{natsgo.DontRandomize()}
+		if ev != nil {
+			options = append(options, ev.track(channel, node)...)
+		}
+		return factory(c.URLsFrom(node%len(c.Servers)), "", options...)(t, channel, opts)
+	}
+}
+
+// clusterConns records, per exchange, the failures (disconnects with an
+// error, not Close) and reconnects of its NATS connection.
+type clusterConns struct {
+	mu    sync.Mutex
+	conns []*clusterConn // in factory call order
+}
+
+type clusterConn struct {
+	channel       string
+	node          int
+	failures      int
+	reconnectedTo []string
+}
+
+func (ev *clusterConns) track(channel string, node int) []natsgo.Option {
+	cc := &clusterConn{channel: channel, node: node}
+	ev.mu.Lock()
+	ev.conns = append(ev.conns, cc)
+	ev.mu.Unlock()
+	return []natsgo.Option{
+		natsgo.DisconnectErrHandler(func(_ *natsgo.Conn, err error) {
+			if err != nil {
+				ev.mu.Lock()
+				cc.failures++
+				ev.mu.Unlock()
+			}
+		}),
+		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
+			u := nc.ConnectedUrl()
+			ev.mu.Lock()
+			cc.reconnectedTo = append(cc.reconnectedTo, u)
+			ev.mu.Unlock()
+		}),
+	}
+}
+
+// group returns the connections of the nodes built with channel, by node.
+func (ev *clusterConns) group(channel string) []clusterConn {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	var out []clusterConn
+	for _, cc := range ev.conns {
+		if cc.channel == channel {
+			out = append(out, *cc)
+		}
+	}
+	return out
+}
+
+// TestConformanceCluster runs the conformance suite on a NATS cluster of
+// three nats-server processes of the test's own, node i attached to
+// server i.
+// A failed run logs the exchanges' NATS connection failures.
+func TestConformanceCluster(t *testing.T) {
+	c := brokertest.NewNATSCluster(t, 3)
+	ev := &clusterConns{}
+	stackexchangetest.Run(t, clusterFactory(c, ev))
+	if t.Failed() {
+		ev.mu.Lock()
+		defer ev.mu.Unlock()
+		for _, cc := range ev.conns {
+			if cc.failures > 0 || len(cc.reconnectedTo) > 0 {
+				t.Logf("channel %s node %d: %d NATS connection failures, reconnected to %v", cc.channel, cc.node, cc.failures, cc.reconnectedTo)
+			}
+		}
+	}
+}
+
+// TestClusterFaults runs the conformance package's cluster fault rules on
+// a NATS cluster of three nats-server processes of the test's own:
+// Fault/Cluster/KillOneServer kills (SIGKILL) server 0, node 0's, under
+// traffic and restarts it. It also checks the rule's premise: the kill
+// failed node 0's connection over to server 1, and no other node's.
+func TestClusterFaults(t *testing.T) {
+	var c *brokertest.NATSCluster
+	ev := &clusterConns{}
+	stackexchangetest.RunClusterFaults(t, func(t *testing.T) ([]stackexchangetest.Process, stackexchangetest.Factory) {
+		c = brokertest.NewNATSCluster(t, 3)
+		ps := make([]stackexchangetest.Process, len(c.Servers))
+		for i, s := range c.Servers {
+			ps[i] = s
+		}
+		return ps, clusterFactory(c, ev)
+	})
+	if t.Failed() || c == nil {
+		return
+	}
+	ev.mu.Lock()
+	first := ev.conns[0].channel // the nodes that saw the kill
+	ev.mu.Unlock()
+	for _, cc := range ev.group(first) {
+		t.Logf("node %d: %d connection failures, reconnected to %v", cc.node, cc.failures, cc.reconnectedTo)
+		switch {
+		case cc.node == 0 && (cc.failures != 1 || len(cc.reconnectedTo) != 1 || cc.reconnectedTo[0] != c.Servers[1].URL):
+			t.Errorf("node 0: %d connection failures, reconnected to %v; want its server killed once and a reconnect to server 1 (%s)", cc.failures, cc.reconnectedTo, c.Servers[1].URL)
+		case cc.node != 0 && (cc.failures != 0 || len(cc.reconnectedTo) != 0):
+			t.Errorf("node %d: %d connection failures, reconnected to %v; want none: only node 0's server was killed", cc.node, cc.failures, cc.reconnectedTo)
+		}
 	}
 }
 

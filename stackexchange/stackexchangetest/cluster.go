@@ -249,6 +249,7 @@ type received struct {
 	body            []byte
 	binary          bool
 	err             error
+	at              time.Time // when the client's handler got it
 }
 
 // client is a real neffos Go client.
@@ -406,7 +407,7 @@ func (c *client) seqState() (next, bad int) {
 
 func (c *client) record(m neffos.Message) {
 	c.mu.Lock()
-	c.got = append(c.got, received{ns: m.Namespace, room: m.Room, event: m.Event, body: append([]byte(nil), m.Body...), binary: m.SetBinary, err: m.Err})
+	c.got = append(c.got, received{ns: m.Namespace, room: m.Room, event: m.Event, body: append([]byte(nil), m.Body...), binary: m.SetBinary, err: m.Err, at: time.Now()})
 	c.mu.Unlock()
 	select {
 	case c.notify <- struct{}{}:
@@ -425,6 +426,22 @@ func (c *client) count(match func(received) bool) int {
 		}
 	}
 	return n
+}
+
+// firstSince returns the arrival time of the earliest message matching
+// match that arrived after since. It looks back from the newest message
+// and stops at the first one older than since, so its cost is the number
+// of messages since then.
+func (c *client) firstSince(since time.Time, match func(received) bool) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var first time.Time
+	for i := len(c.got) - 1; i >= 0 && c.got[i].at.After(since); i-- {
+		if match(c.got[i]) {
+			first = c.got[i].at
+		}
+	}
+	return first, !first.IsZero()
 }
 
 func (c *client) messages() []received {

@@ -50,6 +50,36 @@ func RunRedundancyFaults(t *testing.T, f FaultFactory) {
 	})
 }
 
+// RunClusterFaults checks the rules of an exchange on a cluster of broker
+// servers that fails over by itself (a NATS cluster; Redis Cluster or
+// Sentinel): f must return at least two processes, all members of one
+// cluster, the first of them the server node 0's exchange is attached to.
+//
+// The rules build their nodes with f's Factory, which is called once per
+// node in node order (0, 1, 2) for each group of nodes a rule starts, each
+// group with a channel of its own. A factory can therefore attach node i
+// to processes[i % len(processes)] (count its calls per channel), so that
+// cross-node traffic crosses the cluster; only the first is required.
+//
+// Rule Fault/Cluster/KillOneServer: 3 nodes with 4 clients each, every
+// node broadcasting 50 msg/s. processes[0] is killed (SIGKILL). The rule
+// reports how long until node 0's broadcasts reach the other nodes'
+// clients again and theirs reach node 0's clients, and the deliveries lost
+// per (publishing node, receiving node) pair during the outage: a cluster
+// without persistence may lose messages while a connection fails over,
+// and the rule does not fail on loss. It fails when a client gets a
+// message twice, when a Server.Broadcast is blocked for more than the
+// engine's DefaultPublishTimeout plus 0.5 s (the factory gets the zero
+// Options), or when cross-node delivery in both directions does not resume
+// by itself within 30 s. Then processes[0] is restarted: it must rejoin,
+// so that the first nodes still reach each other, and a new group of
+// nodes, whose node 0 is attached to the restarted server, does too.
+func RunClusterFaults(t *testing.T, f FaultFactory) {
+	runFaults(t, f, 2, []faultRule{
+		{"Fault/Cluster/KillOneServer", testClusterKillOne},
+	})
+}
+
 type faultRule struct {
 	name string
 	fn   func(*testing.T, []Process, Factory)
@@ -223,14 +253,16 @@ func bodyInt(b []byte) int64 {
 
 // traffic broadcasts "<node>:<n>" from every node at 50 msg/s until stopped
 // (at most 3,000 messages per node).
+// It records each node's slowest Server.Broadcast.
 type traffic struct {
-	stop chan struct{}
-	wg   sync.WaitGroup
-	sent []atomic.Int64
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	sent    []atomic.Int64
+	slowest []atomic.Int64 // nanoseconds
 }
 
 func startTraffic(cl *cluster, event string) *traffic {
-	tr := &traffic{stop: make(chan struct{}), sent: make([]atomic.Int64, len(cl.nodes))}
+	tr := &traffic{stop: make(chan struct{}), sent: make([]atomic.Int64, len(cl.nodes)), slowest: make([]atomic.Int64, len(cl.nodes))}
 	for i, nd := range cl.nodes {
 		tr.wg.Add(1)
 		go func() {
@@ -243,7 +275,11 @@ func startTraffic(cl *cluster, event string) *traffic {
 					return
 				case <-tick.C:
 				}
+				start := time.Now()
 				nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: event, Body: fmt.Appendf(nil, "%d:%d", i, k)})
+				if d := int64(time.Since(start)); d > tr.slowest[i].Load() {
+					tr.slowest[i].Store(d) // this goroutine is the only writer
+				}
 				tr.sent[i].Add(1)
 			}
 		}()
@@ -264,6 +300,28 @@ func (tr *traffic) halt() {
 // that are missing or repeated against what each node sent.
 func tally(t *testing.T, clients []*client, event string, sent func(node int) int) (lost, dups int) {
 	t.Helper()
+	lostBy, dupsBy := tallyPairs(clients, event, sent)
+	for i := range lostBy {
+		for r := range lostBy[i] {
+			lost += lostBy[i][r]
+			dups += dupsBy[i][r]
+		}
+	}
+	return lost, dups
+}
+
+// tallyPairs is tally per pair: lost[i][r] and dups[i][r] count the
+// deliveries of node i's messages to the clients of node r. sent(i) is
+// what node i sent, and -1 past the last node.
+func tallyPairs(clients []*client, event string, sent func(node int) int) (lost, dups [][]int) {
+	receivers := 0
+	for _, c := range clients {
+		receivers = max(receivers, c.node+1)
+	}
+	for i := 0; sent(i) >= 0; i++ {
+		lost = append(lost, make([]int, receivers))
+		dups = append(dups, make([]int, receivers))
+	}
 	for _, c := range clients {
 		seen := map[string]int{}
 		for _, r := range c.messages() {
@@ -271,18 +329,31 @@ func tally(t *testing.T, clients []*client, event string, sent func(node int) in
 				seen[string(r.body)]++
 			}
 		}
-		for i := 0; sent(i) >= 0; i++ {
+		for i := range lost {
 			for k := 0; k < sent(i); k++ {
 				switch n := seen[fmt.Sprintf("%d:%d", i, k)]; {
 				case n == 0:
-					lost++
+					lost[i][c.node]++
 				case n > 1:
-					dups += n - 1
+					dups[i][c.node] += n - 1
 				}
 			}
 		}
 	}
 	return lost, dups
+}
+
+// fromNode matches event bodies "<node>:<n>" with n > after.
+func fromNode(event string, node int, after int64) func(received) bool {
+	prefix := strconv.Itoa(node) + ":"
+	return func(r received) bool {
+		rest, ok := strings.CutPrefix(string(r.body), prefix)
+		if !ok || r.event != event {
+			return false
+		}
+		n, err := strconv.ParseInt(rest, 10, 64)
+		return err == nil && n > after
+	}
 }
 
 // testRedundantKill: 3 nodes with 4 clients each, every node broadcasting
