@@ -314,11 +314,13 @@ func (e *Exchange) Unsubscribe(c *neffos.Conn, namespace string) {
 //
 // A broadcast (no To) is queued, in order, for the node's publish pipeline
 // and Publish returns without waiting for the broker: true means queued
-// while the broker was healthy. The pipeline sends in batches and retries
-// until Options.PublishTimeout; a message it gives up on is counted in
-// Stats.PublishErrors and reported (ErrPublish). While the broker is known
-// to be down Publish returns false at once (the message is still queued
-// and sent if the broker returns within PublishTimeout). A message To one
+// while the broker was healthy. The pipeline sends in batches, each
+// attempt bounded by Options.PublishTimeout, and retries a message until it
+// is 5 PublishTimeouts old (10 s by default); a message it gives up on is
+// counted in Stats.PublishErrors and reported (ErrPublish). After
+// PublishTimeout without progress the broker counts as down and Publish
+// returns false at once (the message is still queued while there is room,
+// and sent if the broker returns in time). A message To one
 // client is published before Publish returns (it may need the broker's
 // receiver count), bounded by PublishTimeout; false means it failed.
 func (e *Exchange) Publish(msgs []neffos.Message) bool {

@@ -13,9 +13,9 @@ import (
 // appends and returns, one goroutine hands what waits to the broker in
 // batches (one round trip per batch with a BatchPublisher, such as Redis's
 // pipelined PUBLISH), in order, and retries a batch that failed, from the
-// first message not confirmed, until each message's PublishTimeout. A
-// retried message that had reached the broker is a duplicate that receivers
-// drop by its sequence number.
+// first message not confirmed, until the message is 5 PublishTimeouts old.
+// A retried message that had reached the broker is a duplicate that
+// receivers drop by its sequence number.
 //
 // Bounds: pipelineCount messages and pipelineBytes bytes of payload. A
 // Publish that finds the queue full waits for room, at most PublishTimeout,
@@ -38,15 +38,19 @@ type pipeline struct {
 }
 
 type queued struct {
-	channel string
-	env     envelope
-	size    int
+	channel  string
+	env      envelope
+	size     int
+	enqueued time.Time
 }
 
 const (
 	pipelineCount = 8192
 	pipelineBytes = 64 << 20
 	pipelineBatch = 256
+	// pipelineAge is how many PublishTimeouts a message may wait for the
+	// broker, queue included, before it is given up on (10 s by default).
+	pipelineAge = 5
 )
 
 // Publication is one message of a batch handed to a BatchPublisher.
@@ -80,7 +84,7 @@ func (p *pipeline) push(channel string, env envelope) bool {
 			p.mu.Unlock()
 			return false
 		case len(p.queue) < pipelineCount && (p.bytes+size <= pipelineBytes || len(p.queue) == 0):
-			p.queue = append(p.queue, queued{channel: channel, env: env, size: size})
+			p.queue = append(p.queue, queued{channel: channel, env: env, size: size, enqueued: time.Now()})
 			p.bytes += size
 			p.length.Add(1)
 			p.mu.Unlock()
@@ -158,9 +162,12 @@ func (p *pipeline) drain(done <-chan struct{}) {
 }
 
 // send publishes batch in order, stamping each message with its sequence
-// number once, and retries from the first message not confirmed until
-// PublishTimeout passed without progress (time spent waiting in the queue,
-// under back-pressure, does not count).
+// number once, and retries from the first message not confirmed. Each
+// attempt is bounded by PublishTimeout; after PublishTimeout without
+// progress the broker counts as down (Publish returns false at once), but
+// the batch is still retried: a message is given up on only when it is
+// older than maxAge (time in the queue included), so a broker slowed down
+// by load, or back after a short outage, loses nothing.
 func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 	e := p.e
 	pubs := make([]Publication, len(batch))
@@ -169,32 +176,42 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 		e.seqs.stamp(batch[i].channel, &batch[i].env, now)
 		pubs[i] = Publication{Channel: batch[i].channel, Payload: encodeEnvelope(&batch[i].env)}
 	}
-	deadline := time.Now().Add(e.opts.PublishTimeout)
+	maxAge := pipelineAge * e.opts.PublishTimeout
+	progress := now
 	for backoff := retryBackoff; len(pubs) > 0; backoff = min(2*backoff, maxRetryBackoff) {
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 		sent, err := e.publishBatch(ctx, pubs)
 		cancel()
 		e.published.Add(uint64(sent))
-		pubs = pubs[sent:]
+		batch, pubs = batch[sent:], pubs[sent:]
 		if err == nil || sent > 0 {
-			// Progress: the broker is alive; the rest gets a full
-			// PublishTimeout again.
 			e.down.Store(false)
-			deadline, backoff = time.Now().Add(e.opts.PublishTimeout), retryBackoff/2
+			progress, backoff = time.Now(), retryBackoff/2
 		}
 		switch {
 		case err == nil || e.isClosed():
 			return
 		case errors.Is(err, ErrRejected):
 			e.failed(pubs[0].Channel, err)
-			pubs = pubs[1:]
+			batch, pubs = batch[1:], pubs[1:]
 			continue
 		}
-		// The broker is failing: retry after a pause, until the deadline.
-		if time.Until(deadline) < backoff || !sleepDone(backoff, done) {
+		// The broker is failing or slow: give up on what is too old, retry
+		// the rest after a pause.
+		now := time.Now()
+		if now.Sub(progress) >= e.opts.PublishTimeout {
 			e.down.Store(true)
-			e.publishErrors.Add(uint64(len(pubs)) - 1)
-			e.failed(pubs[0].Channel, fmt.Errorf("%d messages from here on given up: %w", len(pubs), err))
+		}
+		old := 0
+		for old < len(batch) && now.Sub(batch[old].enqueued) >= maxAge {
+			old++
+		}
+		if old > 0 {
+			e.publishErrors.Add(uint64(old) - 1)
+			e.failed(pubs[0].Channel, fmt.Errorf("%d messages older than %v given up: %w", old, maxAge, err))
+			batch, pubs = batch[old:], pubs[old:]
+		}
+		if len(pubs) > 0 && !sleepDone(backoff, done) {
 			return
 		}
 	}
