@@ -407,7 +407,7 @@ func markdown(cfg config, sums []*Summary, total time.Duration) string {
 		}
 	}
 
-	w("\n## Targets (issue 5), ours against the same run (medians; `none` is each N's reference)\n\n")
+	w("\n## Targets, ours against the same run (medians; `none` is each N's reference)\n\n")
 	w("| N | exchange | target | measured | met |\n|---|---|---|---|---|\n")
 	for _, n := range cfg.ns {
 		for _, ex := range []string{"redis", "nats"} {

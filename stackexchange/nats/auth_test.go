@@ -27,7 +27,7 @@ import (
 	"github.com/neffos-contrib/scaleout/stackexchange/nats"
 )
 
-// TestAuth is issue 4 case 12 on NATS: a nats-server of its own with
+// TestAuth checks credentials on NATS: a nats-server of its own with
 // user/password, with a token, and with TLS (certificates made here). With
 // the right credentials two nodes deliver across NATS to real neffos
 // clients; with wrong ones NewStackExchange fails at once with an error

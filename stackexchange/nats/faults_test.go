@@ -209,12 +209,12 @@ const (
 	outagePause               // SIGSTOP, SIGCONT 5 s later
 )
 
-// TestBrokerKilled is issue 4 case 1 on NATS: the nats-server process is
+// TestBrokerKilled kills NATS: the nats-server process is
 // killed (SIGKILL) while both nodes publish, and restarted on the same port
 // 3 s later.
 func TestBrokerKilled(t *testing.T) { testOutage(t, outageKill, 1024) }
 
-// TestBrokerPaused is issue 4 case 2 on NATS: the nats-server process is
+// TestBrokerPaused pauses NATS: the nats-server process is
 // stopped (SIGSTOP) for 5 s while both nodes publish, then continued.
 func TestBrokerPaused(t *testing.T) { testOutage(t, outagePause, 1024) }
 
@@ -445,7 +445,7 @@ func testOutage(t *testing.T, mode outage, body int) {
 	}
 }
 
-// TestBrokerNeverReachable is issue 4 case 3 on NATS: NewStackExchange
+// TestBrokerNeverReachable starts with NATS unreachable: NewStackExchange
 // against a port nobody listens on, and against a nats-server that accepts
 // TCP but never answers (stopped with SIGSTOP before the exchange dials),
 // returns an error wrapping scaleout.ErrBrokerUnavailable within nats.go's

@@ -16,7 +16,7 @@ import (
 	"github.com/neffos-contrib/scaleout/internal/brokertest"
 )
 
-// TestHostilePayloads is issue 4 case 8 on NATS: garbage, truncated, empty,
+// TestHostilePayloads checks hostile payloads on NATS: garbage, truncated, empty,
 // wrong-version and 10 MB payloads published with a raw nats.go client
 // straight onto every subject the nodes subscribe (the namespace's, found
 // with ChannelOf, and the node and per-client subjects, found on the

@@ -37,8 +37,8 @@ const timingSlack = 500 * time.Millisecond
 // it.
 const goroutineTolerance = 1
 
-// TestFaultRedisKilled is issue 4, case 1: redis-server killed (SIGKILL)
-// mid-traffic and restarted 3 s later on the same port.
+// TestFaultRedisKilled kills redis-server (SIGKILL)
+// mid-traffic and restarts it 3 s later on the same port.
 func TestFaultRedisKilled(t *testing.T) {
 	runOutage(t, outageScenario{
 		what:   "SIGKILL, restart on the same port",
@@ -48,8 +48,8 @@ func TestFaultRedisKilled(t *testing.T) {
 	})
 }
 
-// TestFaultRedisPaused is issue 4, case 2: redis-server paused (SIGSTOP)
-// for 5 s, then continued (SIGCONT). Its sockets stay open and the kernel
+// TestFaultRedisPaused pauses redis-server (SIGSTOP)
+// for 5 s, then continues it (SIGCONT). Its sockets stay open and the kernel
 // keeps accepting connections, so only timeouts can notice.
 func TestFaultRedisPaused(t *testing.T) {
 	runOutage(t, outageScenario{
@@ -316,7 +316,7 @@ func runOutage(t *testing.T, o outageScenario) {
 	t.Logf("node A stats: %+v; errors reported: %d", st, a.reports.Load())
 }
 
-// TestFaultRedisUnreachableAtStart is issue 4, case 3: the broker cannot be
+// TestFaultRedisUnreachableAtStart starts while the broker cannot be
 // reached when the exchange is built. NewStackExchange returns an error
 // wrapping scaleout.ErrBrokerUnavailable within DialTimeout and leaves no
 // goroutine behind, both for a closed port (refused at once) and for a

@@ -24,7 +24,7 @@ import (
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
 
-// Helpers of the fault, hostile-input and auth tests (issue 4): each test
+// Helpers of the fault, hostile-input and auth tests : each test
 // starts its own redis-server, real neffos nodes served on loopback, and
 // real neffos Go clients.
 

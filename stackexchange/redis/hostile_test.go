@@ -15,7 +15,7 @@ import (
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
 
-// TestHostileRedisPayloads is issue 4, case 8: garbage, truncated, empty,
+// TestHostileRedisPayloads checks hostile payloads: garbage, truncated, empty,
 // wrong-version and 10 MB payloads PUBLISHed with a raw go-redis client
 // straight onto the channels two nodes subscribe: the namespace's channel
 // (both nodes), node A's own channel and client b1's channel (node B).
