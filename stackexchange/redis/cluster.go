@@ -49,7 +49,7 @@ const errRedis7Slots = "elements in cluster info address"
 
 // clusterHint adds how to fix it to go-redis v8's CLUSTER SLOTS error.
 func clusterHint(err error) error {
-	if err != nil && strings.Contains(err.Error(), errRedis7Slots) {
+	if err != nil && strings.Contains(err.Error(), errRedis7Slots) && !strings.Contains(err.Error(), "redis.NewClusterClient") {
 		return fmt.Errorf("%w (go-redis v8 cannot read Redis 7's CLUSTER SLOTS: build the client with redis.NewClusterClient instead of goredis.NewClusterClient)", err)
 	}
 	return err
