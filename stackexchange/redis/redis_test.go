@@ -37,6 +37,7 @@ func TestMain(m *testing.M) {
 	if own != nil {
 		own.Stop()
 	}
+	stopShared()
 	if code == 0 {
 		if err := goleak.Find(leakOptions()...); err != nil {
 			fmt.Fprintln(os.Stderr, "goroutine leak:", err)

@@ -1,8 +1,11 @@
 package redis_test
 
 import (
+	"flag"
 	"fmt"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,12 +26,18 @@ import (
 // ownCluster starts a 3-master, 3-replica Redis Cluster for this test.
 func ownCluster(t *testing.T) *brokertest.RedisCluster {
 	t.Helper()
+	c := startCluster(t)
+	t.Cleanup(c.Stop)
+	return c
+}
+
+func startCluster(t *testing.T) *brokertest.RedisCluster {
+	t.Helper()
 	start := time.Now()
 	c, err := brokertest.StartRedisCluster(3, 1)
 	if err != nil {
 		brokertest.Missing(t, "Redis Cluster", fmt.Sprintf("install redis-server and redis-cli (Redis 7): %v", err))
 	}
-	t.Cleanup(c.Stop)
 	t.Logf("Redis Cluster (3 masters, 3 replicas) ready in %v", time.Since(start).Round(time.Millisecond))
 	return c
 }
@@ -36,14 +45,79 @@ func ownCluster(t *testing.T) *brokertest.RedisCluster {
 // ownSentinel starts 1 master, 1 replica and 3 sentinels for this test.
 func ownSentinel(t *testing.T) *brokertest.RedisSentinel {
 	t.Helper()
+	s := startSentinel(t)
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func startSentinel(t *testing.T) *brokertest.RedisSentinel {
+	t.Helper()
 	start := time.Now()
 	s, err := brokertest.StartRedisSentinel()
 	if err != nil {
 		brokertest.Missing(t, "Redis Sentinel", fmt.Sprintf("install redis-server (Redis 7, runs as a sentinel with --sentinel): %v", err))
 	}
-	t.Cleanup(s.Stop)
 	t.Logf("Sentinel setup (1 master, 1 replica, 3 sentinels) ready in %v", time.Since(start).Round(time.Millisecond))
 	return s
+}
+
+// The tests that kill nothing share one cluster and one Sentinel setup,
+// started by the first test that needs it and stopped by TestMain: each
+// takes 5-10 s to form.
+var shared struct {
+	mu       sync.Mutex
+	cluster  *brokertest.RedisCluster
+	sentinel *brokertest.RedisSentinel
+}
+
+func sharedCluster(t *testing.T) *brokertest.RedisCluster {
+	t.Helper()
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.cluster == nil {
+		shared.cluster = startCluster(t)
+	}
+	return shared.cluster
+}
+
+func sharedSentinel(t *testing.T) *brokertest.RedisSentinel {
+	t.Helper()
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.sentinel == nil {
+		shared.sentinel = startSentinel(t)
+	}
+	return shared.sentinel
+}
+
+// stopShared stops what sharedCluster and sharedSentinel started.
+func stopShared() {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.cluster != nil {
+		shared.cluster.Stop()
+	}
+	if shared.sentinel != nil {
+		shared.sentinel.Stop()
+	}
+}
+
+// runTopology runs the conformance suite on a topology. Its two heavy
+// rules (Reliability/SlowClient, Reliability/Churn20000: about 100 s of the
+// ~115 s a run takes under -race) exercise the engine's local fan-out and
+// connection churn, which do not depend on the broker's topology and run
+// in TestConformance on one Redis; here they are skipped, as with -short,
+// unless SCALEOUT_TOPOLOGY_HEAVY is set. (The package's tests never run in
+// parallel, so setting the flag for the test's duration races with
+// nothing.)
+func runTopology(t *testing.T, f stackexchangetest.Factory) {
+	if os.Getenv("SCALEOUT_TOPOLOGY_HEAVY") == "" && !testing.Short() {
+		if err := flag.Set("test.short", "true"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = flag.Set("test.short", "false") })
+	}
+	stackexchangetest.Run(t, f)
 }
 
 // ownShards starts 3 independent redis-servers for this test.
@@ -117,19 +191,19 @@ func addrsOf(rs []*brokertest.Redis) []string {
 // TestConformanceCluster runs the conformance suite with every node on a
 // Redis 7 Cluster through Config.Clusters.
 func TestConformanceCluster(t *testing.T) {
-	stackexchangetest.Run(t, configFactory(clusterConfig(ownCluster(t))))
+	runTopology(t, configFactory(clusterConfig(sharedCluster(t))))
 }
 
 // TestConformanceSentinel runs the conformance suite with every node on
 // Sentinel through Config.MasterName and Config.SentinelAddrs.
 func TestConformanceSentinel(t *testing.T) {
-	stackexchangetest.Run(t, configFactory(sentinelConfig(ownSentinel(t))))
+	runTopology(t, configFactory(sentinelConfig(sharedSentinel(t))))
 }
 
 // TestConformanceSharded runs the conformance suite with every node on
 // scaleout.Sharded over 3 independent redis-servers.
 func TestConformanceSharded(t *testing.T) {
-	stackexchangetest.Run(t, shardedFactory(addrsOf(ownShards(t))...))
+	runTopology(t, shardedFactory(addrsOf(ownShards(t))...))
 }
 
 // crossCheck starts two nodes on the exchanges build returns, one client on
@@ -148,7 +222,7 @@ func crossCheck(t *testing.T, build func(onErr func(error)) (engineExchange, err
 // constructor fails on Redis 7 at NewStackExchangeClient with an error that
 // names the fix; one built with redis.NewClusterClient works.
 func TestUserClusterClient(t *testing.T) {
-	c := ownCluster(t)
+	c := sharedCluster(t)
 	plain := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: c.Addrs(), MaxRetries: -1})
 	defer plain.Close()
 	exc, err := redis.NewStackExchangeClient(plain, scaleout.Options{Prefix: testChannel(t)})
@@ -172,7 +246,7 @@ func TestUserClusterClient(t *testing.T) {
 // TestUserFailoverClient: a user's goredis.NewFailoverClient works through
 // NewStackExchangeClient.
 func TestUserFailoverClient(t *testing.T) {
-	s := ownSentinel(t)
+	s := sharedSentinel(t)
 	client := goredis.NewFailoverClient(&goredis.FailoverOptions{MasterName: brokertest.SentinelMaster,
 		SentinelAddrs: s.SentinelAddrs(), MaxRetries: -1})
 	defer client.Close()
