@@ -331,9 +331,9 @@ func TestFailoverSentinelMaster(t *testing.T) {
 
 // TestFailoverShard: three redis-servers sharded by channel
 // (scaleout.Sharded); SIGKILL of a shard that does not hold the namespace
-// channel. Broadcasts (on the namespace channel) go on without loss;
-// messages To a client whose channel lives on the dead shard wait for it;
-// after the shard restarts, they flow again by themselves.
+// channel. Broadcasts (on the namespace channel) go on without loss; after
+// the shard restarts, the nodes subscribe its channels again by themselves
+// and messages To the clients whose channels live there arrive.
 func TestFailoverShard(t *testing.T) {
 	watchdog(t, 3*time.Minute)
 	shards := ownShards(t)
