@@ -2,6 +2,7 @@ package redis_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -203,4 +204,78 @@ func captureStderr(t *testing.T) func() string {
 	}
 	t.Cleanup(func() { restore() })
 	return restore
+}
+
+// TestParseSlots: Redis 7's CLUSTER SLOTS reply (a fourth element per
+// node, "?" for an unknown host) and Redis 6's both parse; a malformed one
+// is an error, not a panic.
+func TestParseSlots(t *testing.T) {
+	reply := []interface{}{
+		[]interface{}{int64(0), int64(5460),
+			[]interface{}{"127.0.0.1", int64(7001), "id1", []interface{}{}},
+			[]interface{}{"?", int64(7004), "id4", []interface{}{"hostname", "h"}}},
+		[]interface{}{int64(5461), int64(16383),
+			[]interface{}{"10.0.0.2", int64(7002), "id2"}},
+	}
+	slots, err := redis.ParseSlots(reply, "10.0.0.9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []goredis.ClusterSlot{
+		{Start: 0, End: 5460, Nodes: []goredis.ClusterNode{{ID: "id1", Addr: "127.0.0.1:7001"}, {ID: "id4", Addr: "10.0.0.9:7004"}}},
+		{Start: 5461, End: 16383, Nodes: []goredis.ClusterNode{{ID: "id2", Addr: "10.0.0.2:7002"}}},
+	}
+	if fmt.Sprint(slots) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", slots, want)
+	}
+	for _, bad := range [][]interface{}{
+		{"x"},
+		{[]interface{}{int64(0)}},
+		{[]interface{}{"0", int64(1), []interface{}{"h", int64(1)}}},
+		{[]interface{}{int64(0), int64(1), []interface{}{"h"}}},
+		{[]interface{}{int64(0), int64(1), []interface{}{"h", "port"}}},
+	} {
+		if _, err := redis.ParseSlots(bad, "h"); err == nil {
+			t.Errorf("%v: no error", bad)
+		}
+	}
+}
+
+// TestGoRedisLogRouting: a go-redis line logged without an exchange's
+// context goes to every running exchange's ErrorHandler, and to stderr only
+// while no exchange runs.
+func TestGoRedisLogRouting(t *testing.T) {
+	addr := needRedis(t)
+	got := make(chan error, 16)
+	exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: scaleout.Options{
+		ErrorHandler: func(err error) {
+			if errors.Is(err, redis.ErrGoRedisLog) {
+				got <- err
+			}
+		},
+	}}, testChannel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exc.Init(neffos.Namespaces{"ns": nil}); err != nil {
+		t.Fatal(err)
+	}
+	stderr := captureStderr(t)
+	redis.GoRedisLog(context.Background(), "a line of the app's own client: %d", 42)
+	select {
+	case err := <-got:
+		if !strings.Contains(err.Error(), "a line of the app's own client: 42") {
+			t.Errorf("ErrorHandler got %q", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the running exchange's ErrorHandler did not get the line")
+	}
+	if err := exc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	redis.GoRedisLog(context.Background(), "after Close")
+	out := stderr()
+	if strings.Contains(out, "own client") || !strings.Contains(out, "redis: ") || !strings.Contains(out, "after Close") {
+		t.Errorf("stderr: %q, want only the line logged while no exchange ran", out)
+	}
 }
