@@ -119,6 +119,12 @@ func startRedis(tls bool, extra []string) (*Redis, error) {
 	args := append(append([]string{"--bind", "127.0.0.1"}, ports...), "--save", "", "--appendonly", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
 	args = append(args, extra...)
+	return launch(bin, port, dir, args)
+}
+
+// launch starts bin with args as a Redis listening on port, owning dir.
+// On failure dir is removed.
+func launch(bin string, port int, dir string, args []string) (*Redis, error) {
 	r := &Redis{Addr: "127.0.0.1:" + strconv.Itoa(port), Port: port, bin: bin, args: args, dir: dir}
 	if err := r.start(); err != nil {
 		os.RemoveAll(dir)

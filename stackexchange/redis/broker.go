@@ -25,17 +25,30 @@ const healthInterval = 2 * time.Second
 
 // broker implements scaleout.Broker with one pub/sub connection (exact
 // SUBSCRIBE, never PSUBSCRIBE) and the client's pool for PUBLISH.
+//
+// On a Redis Cluster (cluster != nil) every node accepts PUBLISH and the
+// cluster bus copies it to every node, so any node serves any channel: the
+// broker picks one master at random and publishes and subscribes there
+// (MaxActive+1 connections, whatever the cluster's size). A PUBLISH that
+// fails there goes through another master at once, which becomes the one
+// it publishes to; a pub/sub connection that loses its node moves to
+// another master.
+//
+// client is a *goredis.Client (also a Sentinel failover client, which
+// follows the master by itself) or a *goredis.ClusterClient: NewBroker
+// rejects other kinds.
 type broker struct {
 	client  goredis.UniversalClient
 	owned   bool
-	name    string // CLIENT SETNAME of owned connections, for Conns
-	cluster bool
+	name    string   // CLIENT SETNAME of owned connections, for Conns
+	cluster *masters // nil unless client is a *goredis.ClusterClient
 
 	deliver func(string, []byte)
 	report  func(error)
 
 	mu       sync.Mutex
 	ps       *goredis.PubSub
+	psAddr   string // the node ps connects to, on a cluster
 	channels map[string]struct{}
 	waiters  map[string][]*batch
 	closed   bool
@@ -45,17 +58,48 @@ type broker struct {
 	wg     sync.WaitGroup
 }
 
-func newBroker(client goredis.UniversalClient, owned bool, name string, cluster bool) *broker {
+// newBroker returns a broker on client, which must be a *goredis.Client or
+// a *goredis.ClusterClient (see checkClient).
+func newBroker(client goredis.UniversalClient, owned bool, name string) *broker {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &broker{
+	b := &broker{
 		client:   client,
 		owned:    owned,
 		name:     name,
-		cluster:  cluster,
 		channels: make(map[string]struct{}),
 		waiters:  make(map[string][]*batch),
-		ctx:      ctx,
 		cancel:   cancel,
+	}
+	b.ctx = tagged(ctx, b)
+	if cc, ok := client.(*goredis.ClusterClient); ok {
+		b.cluster = &masters{client: cc}
+	}
+	return b
+}
+
+// errUnsupportedClient is returned for a client kind the broker cannot
+// subscribe with (a *goredis.Ring, which shards channels by key and
+// refuses a subscription without channels, or another implementation of
+// goredis.UniversalClient).
+var errUnsupportedClient = errors.New("scaleout/redis: unsupported client: use a *redis.Client (goredis.NewClient, or goredis.NewFailoverClient for Sentinel) or a *redis.ClusterClient (redis.NewClusterClient); to spread channels over several servers, use scaleout.Sharded with one NewBroker per server")
+
+// checkClient rejects client kinds the broker does not support.
+func checkClient(client goredis.UniversalClient) error {
+	switch c := client.(type) {
+	case *goredis.Client:
+		if c == nil {
+			return errors.New("scaleout/redis: nil client")
+		}
+		return nil
+	case *goredis.ClusterClient:
+		if c == nil {
+			return errors.New("scaleout/redis: nil client")
+		}
+		return nil
+	case nil:
+		return errors.New("scaleout/redis: nil client")
+	default:
+		return fmt.Errorf("%w (got %T)", errUnsupportedClient, client)
 	}
 }
 
@@ -67,12 +111,47 @@ func randomHex() string {
 
 func (b *broker) Start(deliver func(string, []byte), report func(error)) error {
 	b.deliver, b.report = deliver, report
+	ps, addr := b.newPubSub("")
 	b.mu.Lock()
-	b.ps = b.client.Subscribe(b.ctx)
-	b.mu.Unlock()
+	defer b.mu.Unlock()
+	if b.closed {
+		_ = ps.Close()
+		return scaleout.ErrClosed
+	}
+	b.ps, b.psAddr = ps, addr
+	addSink(b, report)
 	b.wg.Add(1)
 	go b.loop()
 	return nil
+}
+
+// newPubSub returns a pub/sub connection (it connects on first use) and,
+// on a cluster, the address of the node it connects to: the master it
+// publishes to, or with avoid set a master other than avoid, at random. When the masters are unknown, it falls back to
+// go-redis's cluster pub/sub, which picks the master of the first
+// channel's slot.
+func (b *broker) newPubSub(avoid string) (*goredis.PubSub, string) {
+	if b.cluster == nil {
+		return b.client.Subscribe(b.ctx), ""
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, healthInterval)
+	defer cancel()
+	if avoid == "" {
+		// Where it publishes: MaxActive+1 connections on one master.
+		if h, err := b.cluster.home(ctx); err == nil {
+			return h.Subscribe(b.ctx), h.Options().Addr
+		}
+	}
+	list, err := b.cluster.get(ctx)
+	if err != nil && b.report != nil {
+		b.report(fmt.Errorf("scaleout/redis: cluster masters: %w", err))
+	}
+	for _, c := range list {
+		if addr := c.Options().Addr; addr != avoid || len(list) == 1 {
+			return c.Subscribe(b.ctx), addr
+		}
+	}
+	return b.client.Subscribe(b.ctx), ""
 }
 
 func (b *broker) pubsub() *goredis.PubSub {
@@ -96,7 +175,7 @@ func (b *broker) loop() {
 			if errors.As(err, &ne) && ne.Timeout() {
 				if pinged {
 					b.report(fmt.Errorf("scaleout/redis: pub/sub connection unresponsive, reconnecting"))
-					b.recycle(ps)
+					b.recycle(ps, true)
 					pinged = false
 					continue
 				}
@@ -104,8 +183,13 @@ func (b *broker) loop() {
 				_ = ps.Ping(b.ctx)
 				continue
 			}
-			b.report(fmt.Errorf("scaleout/redis: pub/sub receive: %w", err))
+			b.report(fmt.Errorf("scaleout/redis: pub/sub receive: %w", clusterHint(err)))
 			pinged = false
+			if b.cluster != nil {
+				// Its node may be gone for good: another master serves
+				// every channel as well.
+				b.recycle(ps, false)
+			}
 			select {
 			case <-b.ctx.Done():
 				return
@@ -129,20 +213,34 @@ func (b *broker) loop() {
 	}
 }
 
-// recycle replaces a pub/sub connection that stopped answering with a new
-// one subscribed to every channel.
-func (b *broker) recycle(old *goredis.PubSub) {
+// recycle replaces a pub/sub connection that stopped answering (or, on a
+// cluster, lost its node) with a new one subscribed to every channel. On a
+// cluster the new one goes to another master; a connection that failed
+// (!unresponsive) stays on its node when no other master is known.
+func (b *broker) recycle(old *goredis.PubSub, unresponsive bool) {
 	b.mu.Lock()
 	if b.closed || b.ps != old {
 		b.mu.Unlock()
+		return
+	}
+	avoid := b.psAddr
+	b.mu.Unlock()
+	ps, addr := b.newPubSub(avoid)
+	if !unresponsive && b.cluster != nil && addr == avoid {
+		_ = ps.Close()
+		return // the same node: old reconnects to it by itself
+	}
+	b.mu.Lock()
+	if b.closed || b.ps != old {
+		b.mu.Unlock()
+		_ = ps.Close()
 		return
 	}
 	channels := make([]string, 0, len(b.channels))
 	for ch := range b.channels {
 		channels = append(channels, ch)
 	}
-	b.ps = b.client.Subscribe(b.ctx)
-	ps := b.ps
+	b.ps, b.psAddr = ps, addr
 	b.mu.Unlock()
 	_ = old.Close()
 	if len(channels) > 0 {
@@ -189,6 +287,7 @@ type batch struct {
 // subscribes again when it reconnects, even when the call fails: the
 // engine unsubscribes what it no longer wants.
 func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
+	ctx = tagged(ctx, b)
 	channels = unique(channels)
 	if len(channels) == 0 {
 		return nil
@@ -272,6 +371,7 @@ func (b *broker) Unsubscribe(ctx context.Context, channels ...string) error {
 	if len(channels) == 0 {
 		return nil // an UNSUBSCRIBE without channels would drop them all
 	}
+	ctx = tagged(ctx, b)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -290,15 +390,38 @@ func (b *broker) Unsubscribe(ctx context.Context, channels ...string) error {
 	return nil
 }
 
+// Publish implements scaleout.Broker. On a cluster it returns -1 (PUBLISH
+// counts one node's subscribers only), and a PUBLISH that fails on the
+// master it publishes to, other than by an error reply that a retry cannot
+// change, goes through another master at once.
+//
+// On a cluster it publishes through a master's own client, not through the
+// ClusterClient: go-redis v8 cannot parse Redis 7's COMMAND reply either,
+// and its ClusterClient asks for it again (a large reply from every node
+// in turn) before every command it runs.
 func (b *broker) Publish(ctx context.Context, channel string, payload []byte) (int, error) {
-	n, err := b.client.Publish(ctx, channel, payload).Result()
-	if err != nil {
-		return 0, rejected(err)
+	ctx = tagged(ctx, b)
+	if b.cluster == nil {
+		n, err := b.client.Publish(ctx, channel, payload).Result()
+		if err != nil {
+			return 0, rejected(err)
+		}
+		return int(n), nil
 	}
-	if b.cluster {
-		return -1, nil // PUBLISH counts one cluster node's subscribers only.
+	if err := b.cluster.publish(ctx, channel, payload, false); err != nil {
+		return 0, rejected(clusterHint(err))
 	}
-	return int(n), nil
+	return -1, nil
+}
+
+// ping checks that Redis answers: the client's server, or on a cluster
+// the master the broker publishes to (another one, which becomes the one it
+// publishes to, when that one does not answer).
+func (b *broker) ping(ctx context.Context) error {
+	if b.cluster == nil {
+		return b.client.Ping(ctx).Err()
+	}
+	return b.cluster.publish(ctx, "", nil, true)
 }
 
 func (b *broker) Close() error {
@@ -310,6 +433,7 @@ func (b *broker) Close() error {
 	b.closed = true
 	ps := b.ps
 	b.mu.Unlock()
+	removeSink(b)
 	b.cancel()
 	var err error
 	if ps != nil {
@@ -322,12 +446,54 @@ func (b *broker) Close() error {
 	return err
 }
 
-// Conns counts the connections named for this broker in CLIENT LIST.
+// eachNode runs fn on the client, or on a cluster on every node (masters
+// and replicas), and sums the results. On a cluster each node is asked on
+// a connection of its own, unnamed and closed afterwards, so that asking
+// does not add connections of the broker's to the nodes it does not use.
+func (b *broker) eachNode(ctx context.Context, fn func(context.Context, goredis.Cmdable) (int, error)) (int, error) {
+	ctx = tagged(ctx, b)
+	cc, ok := b.client.(*goredis.ClusterClient)
+	if !ok {
+		return fn(ctx, b.client)
+	}
+	var mu sync.Mutex
+	var addrs []string
+	err := cc.ForEachShard(ctx, func(_ context.Context, c *goredis.Client) error {
+		mu.Lock()
+		addrs = append(addrs, c.Options().Addr)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return 0, clusterHint(err)
+	}
+	opt := newSlotsReader(cc.Options()).opt
+	total := 0
+	for _, addr := range addrs {
+		o := opt
+		o.Addr = addr
+		c := goredis.NewClient(&o)
+		n, err := fn(ctx, c)
+		c.Close()
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// Conns counts the connections named for this broker in CLIENT LIST (of
+// every node, on a cluster).
 func (b *broker) Conns(ctx context.Context) (int, error) {
 	if b.name == "" {
 		return 0, fmt.Errorf("scaleout/redis: connections of a user's client are not named: %w", errors.ErrUnsupported)
 	}
-	list, err := b.client.ClientList(ctx).Result()
+	return b.eachNode(ctx, b.countNamed)
+}
+
+func (b *broker) countNamed(ctx context.Context, c goredis.Cmdable) (int, error) {
+	list, err := c.ClientList(ctx).Result()
 	if err != nil {
 		return 0, err
 	}
@@ -343,13 +509,16 @@ func (b *broker) Conns(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// Subscribers returns PUBSUB NUMSUB channel.
+// Subscribers returns PUBSUB NUMSUB channel (summed over every node, on a
+// cluster: each node counts its own connections' subscriptions).
 func (b *broker) Subscribers(ctx context.Context, channel string) (int, error) {
-	m, err := b.client.PubSubNumSub(ctx, channel).Result()
-	if err != nil {
-		return 0, err
-	}
-	return int(m[channel]), nil
+	return b.eachNode(ctx, func(ctx context.Context, c goredis.Cmdable) (int, error) {
+		m, err := c.PubSubNumSub(ctx, channel).Result()
+		if err != nil {
+			return 0, err
+		}
+		return int(m[channel]), nil
+	})
 }
 
 var _ scaleout.BrokerInspector = (*broker)(nil)

@@ -70,14 +70,14 @@ type pubCall struct {
 // it returned. neffos's Server.Broadcast calls Publish synchronously, so
 // its duration is how long neffos was blocked.
 type timedExchange struct {
-	*redis.StackExchange
+	engineExchange
 	mu    sync.Mutex
 	calls []pubCall
 }
 
 func (x *timedExchange) Publish(msgs []neffos.Message) bool {
 	start := time.Now()
-	ok := x.StackExchange.Publish(msgs)
+	ok := x.engineExchange.Publish(msgs)
 	c := pubCall{start: start, dur: time.Since(start), ok: ok}
 	if len(msgs) > 0 {
 		c.body = string(msgs[0].Body)
@@ -105,20 +105,38 @@ type hnode struct {
 	malformed atomic.Int64 // ... of which wrap scaleout.ErrMalformed
 }
 
+// engineExchange is what the tests use of an exchange: a
+// *redis.StackExchange, or a *scaleout.Exchange built on redis.NewBroker.
+type engineExchange interface {
+	scaleout.StackExchange
+	ChannelOf(namespace string) string
+	NodeID() string
+	BrokerConns(ctx context.Context) (int, error)
+}
+
 func startNode(t *testing.T, name string, cfg redis.Config, channel string) *hnode {
 	t.Helper()
+	return startNodeWith(t, name, func(onErr func(error)) (engineExchange, error) {
+		cfg.ErrorHandler = onErr
+		return redis.NewStackExchange(cfg, channel)
+	})
+}
+
+// startNodeWith starts a node on the exchange build returns; build passes
+// onErr on as the exchange's Options.ErrorHandler.
+func startNodeWith(t *testing.T, name string, build func(onErr func(error)) (engineExchange, error)) *hnode {
+	t.Helper()
 	n := &hnode{name: name}
-	cfg.ErrorHandler = func(err error) {
+	exc, err := build(func(err error) {
 		n.reports.Add(1)
 		if errors.Is(err, scaleout.ErrMalformed) {
 			n.malformed.Add(1)
 		}
-	}
-	exc, err := redis.NewStackExchange(cfg, channel)
+	})
 	if err != nil {
-		t.Fatalf("node %s: NewStackExchange: %v", name, err)
+		t.Fatalf("node %s: building the exchange: %v", name, err)
 	}
-	n.exc = &timedExchange{StackExchange: exc}
+	n.exc = &timedExchange{engineExchange: exc}
 	n.prefix = strings.TrimSuffix(exc.ChannelOf("x"), ".ns.x")
 	n.srv = neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{hns: neffos.Events{}})
 	if err := n.srv.UseStackExchange(n.exc); err != nil {

@@ -24,7 +24,7 @@ type Config struct {
 	// clusters support. Defaults to "127.0.0.1:6379".
 	Addr string
 	// Clusters a list of network addresses for clusters. If not empty
-	// "Addr" is ignored.
+	// "Addr" is ignored. Redis Cluster 7+ works (see NewClusterClient).
 	Clusters []string
 	// Password for AUTH. Empty means no AUTH.
 	Password string
@@ -43,8 +43,21 @@ type Config struct {
 	// DB selects a database. Pub/sub is not scoped by database in Redis;
 	// this only matters for the connections' other commands.
 	DB int
-	// TLSConfig, when not nil, connects with TLS.
+	// TLSConfig, when not nil, connects with TLS (to the sentinels too).
 	TLSConfig *tls.Config
+
+	// MasterName, when not empty, connects through Redis Sentinel to the
+	// master the sentinels at SentinelAddrs monitor under this name, and
+	// follows it when they fail it over (go-redis's failover client). Addr
+	// and Clusters are then ignored.
+	MasterName string
+	// SentinelAddrs are the sentinels' addresses (host:port), required
+	// with MasterName.
+	SentinelAddrs []string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// (Username and Password authenticate to Redis). Empty means no AUTH.
+	SentinelUsername string
+	SentinelPassword string
 
 	// Options configures the engine: timeouts, the per-connection queue,
 	// the error handler. Options.Prefix is ignored: the channel argument of
@@ -67,7 +80,15 @@ var _ scaleout.StackExchange = (*StackExchange)(nil)
 // server; "" means "neffos"). It returns an error wrapping
 // scaleout.ErrBrokerUnavailable when Redis does not answer within
 // DialTimeout. The exchange owns its Redis connections: Close closes them.
+//
+// One server (Addr), a Redis Cluster (Clusters) and Sentinel (MasterName,
+// SentinelAddrs) are supported; each node holds one pub/sub connection and
+// at most MaxActive connections for PUBLISH (per cluster master it
+// publishes to).
 func NewStackExchange(cfg Config, channel string) (*StackExchange, error) {
+	if cfg.MasterName != "" && len(cfg.SentinelAddrs) == 0 {
+		return nil, errors.New("scaleout/redis: Config.MasterName needs Config.SentinelAddrs")
+	}
 	if cfg.Network == "" {
 		cfg.Network = "tcp"
 	}
@@ -86,7 +107,9 @@ func NewStackExchange(cfg Config, channel string) (*StackExchange, error) {
 	opts := withDefaults(cfg.Options)
 	name := "scaleout-" + randomHex()
 	addrs := cfg.Clusters
-	if len(addrs) == 0 {
+	if cfg.MasterName != "" {
+		addrs = cfg.SentinelAddrs
+	} else if len(addrs) == 0 {
 		addrs = []string{cfg.Addr}
 	}
 	network := cfg.Network
@@ -119,18 +142,24 @@ func NewStackExchange(cfg Config, channel string) (*StackExchange, error) {
 		MaxRetries:   -1, // a retried PUBLISH may deliver twice.
 	}
 	var client goredis.UniversalClient
-	if len(cfg.Clusters) > 0 {
-		client = goredis.NewClusterClient(uo.Cluster())
-	} else {
+	switch {
+	case cfg.MasterName != "":
+		uo.MasterName = cfg.MasterName
+		uo.SentinelUsername = cfg.SentinelUsername
+		uo.SentinelPassword = cfg.SentinelPassword
+		client = goredis.NewFailoverClient(uo.Failover())
+	case len(cfg.Clusters) > 0:
+		client = NewClusterClient(uo.Cluster())
+	default:
 		client = goredis.NewClient(uo.Simple())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	b := newBroker(client, true, name)
+	ctx, cancel := context.WithTimeout(b.ctx, cfg.DialTimeout)
 	defer cancel()
-	if err := client.Ping(ctx).Err(); err != nil {
-		client.Close()
+	if err := b.ping(ctx); err != nil {
+		b.Close()
 		return nil, fmt.Errorf("%w: redis %s: %w", scaleout.ErrBrokerUnavailable, strings.Join(addrs, ","), err)
 	}
-	b := newBroker(client, true, name, len(cfg.Clusters) > 0)
 	opts.Prefix = channel
 	return &StackExchange{Exchange: scaleout.New(b, opts)}, nil
 }
@@ -139,19 +168,23 @@ func NewStackExchange(cfg Config, channel string) (*StackExchange, error) {
 // through the user's client. The exchange never closes client; its own
 // pub/sub connection (one, from client) is closed by Close. Options.Prefix
 // is the channel prefix ("" means "neffos").
+//
+// client is a *goredis.Client (goredis.NewClient, or
+// goredis.NewFailoverClient for Sentinel) or a *goredis.ClusterClient; for
+// Redis Cluster 7+ build it with NewClusterClient (go-redis's own fails on
+// Redis 7, and the error says so). Other kinds, such as a *goredis.Ring,
+// are rejected.
 func NewStackExchangeClient(client goredis.UniversalClient, opts scaleout.Options) (*StackExchange, error) {
-	if client == nil {
-		return nil, errors.New("scaleout/redis: nil client")
+	if err := checkClient(client); err != nil {
+		return nil, err
 	}
 	opts = withDefaults(opts)
-	ctx, cancel := context.WithTimeout(context.Background(), opts.SubscribeTimeout)
+	b := newBroker(client, false, "")
+	ctx, cancel := context.WithTimeout(b.ctx, opts.SubscribeTimeout)
 	defer cancel()
-	if err := client.Ping(ctx).Err(); err != nil {
-		return nil, fmt.Errorf("%w: redis: %w", scaleout.ErrBrokerUnavailable, err)
-	}
-	b, err := NewBroker(client)
-	if err != nil {
-		return nil, err
+	if err := b.ping(ctx); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%w: redis: %w", scaleout.ErrBrokerUnavailable, clusterHint(err))
 	}
 	return &StackExchange{Exchange: scaleout.New(b, opts)}, nil
 }
@@ -161,13 +194,19 @@ func NewStackExchangeClient(client goredis.UniversalClient, opts scaleout.Option
 // several brokers (scaleout.Redundant). It holds one pub/sub connection of
 // its own, from client, and publishes through client; it never closes
 // client. It does not check that Redis answers; NewStackExchangeClient
-// does.
+// does. client is one of the kinds NewStackExchangeClient accepts; others
+// are rejected here.
+//
+// Several independent Redis servers, sharded by channel:
+//
+//	b1, _ := redis.NewBroker(goredis.NewClient(&goredis.Options{Addr: "10.0.0.1:6379"}))
+//	b2, _ := redis.NewBroker(goredis.NewClient(&goredis.Options{Addr: "10.0.0.2:6379"}))
+//	exc := scaleout.New(scaleout.Sharded(b1, b2), scaleout.Options{})
 func NewBroker(client goredis.UniversalClient) (scaleout.Broker, error) {
-	if client == nil {
-		return nil, errors.New("scaleout/redis: nil client")
+	if err := checkClient(client); err != nil {
+		return nil, err
 	}
-	_, cluster := client.(*goredis.ClusterClient)
-	return newBroker(client, false, "", cluster), nil
+	return newBroker(client, false, ""), nil
 }
 
 func withDefaults(o scaleout.Options) scaleout.Options {
