@@ -546,7 +546,7 @@ func rejected(err error) error {
 // one Publish per message instead (a PUBLISH goes to any node, which
 // broadcasts it over the cluster bus).
 func (b *broker) PublishBatch(ctx context.Context, batch []scaleout.Publication) (int, error) {
-	if b.cluster {
+	if b.cluster != nil {
 		for i, pub := range batch {
 			if _, err := b.Publish(ctx, pub.Channel, pub.Payload); err != nil {
 				return i, err
@@ -554,6 +554,7 @@ func (b *broker) PublishBatch(ctx context.Context, batch []scaleout.Publication)
 		}
 		return len(batch), nil
 	}
+	ctx = tagged(ctx, b)
 	cmds, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for _, pub := range batch {
 			p.Publish(ctx, pub.Channel, pub.Payload)
