@@ -42,7 +42,7 @@ var (
 	ErrRejected = errors.New("scaleout: rejected by the broker")
 	// ErrMissed is reported when messages from another node never arrived:
 	// a gap in that node's sequence numbers that no retry or second broker
-	// filled within two seconds. The report names the origin node, the
+	// filled within ten seconds. The report names the origin node, the
 	// channel and the range; Stats.Missed counts the messages.
 	ErrMissed = errors.New("scaleout: messages missed")
 	// ErrStarted is returned by an adapter's Init when a setting that is

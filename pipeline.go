@@ -196,15 +196,17 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 			batch, pubs = batch[1:], pubs[1:]
 			continue
 		}
-		// The broker is failing or slow: give up on what is too old, retry
-		// the rest after a pause.
+		// The broker is failing or slow: once it made no progress for
+		// PublishTimeout it counts as down, and what is too old is given up
+		// on (a healthy broker's back-pressure drops nothing); the rest is
+		// retried after a pause.
 		now := time.Now()
+		old := 0
 		if now.Sub(progress) >= e.opts.PublishTimeout {
 			e.down.Store(true)
-		}
-		old := 0
-		for old < len(batch) && now.Sub(batch[old].enqueued) >= maxAge {
-			old++
+			for old < len(batch) && now.Sub(batch[old].enqueued) >= maxAge {
+				old++
+			}
 		}
 		if old > 0 {
 			e.publishErrors.Add(uint64(old) - 1)
@@ -232,11 +234,17 @@ func sleepDone(d time.Duration, done <-chan struct{}) bool {
 // publishBatch hands pubs to the broker in one call when it can batch, one
 // Publish each otherwise.
 func (e *Exchange) publishBatch(ctx context.Context, pubs []Publication) (int, error) {
-	if bp, ok := e.b.(BatchPublisher); ok {
+	return publishBatchOn(ctx, e.b, pubs)
+}
+
+// publishBatchOn publishes pubs on b in one call when b can batch, one
+// Publish each otherwise.
+func publishBatchOn(ctx context.Context, b Broker, pubs []Publication) (int, error) {
+	if bp, ok := b.(BatchPublisher); ok {
 		return bp.PublishBatch(ctx, pubs)
 	}
 	for i, pub := range pubs {
-		if _, err := e.b.Publish(ctx, pub.Channel, pub.Payload); err != nil {
+		if _, err := b.Publish(ctx, pub.Channel, pub.Payload); err != nil {
 			return i, err
 		}
 	}

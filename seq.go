@@ -29,7 +29,7 @@ import (
 // channel, and a stream idle for streamIdle.
 
 const (
-	gapWait    = 2 * time.Second
+	gapWait    = 10 * time.Second
 	streamIdle = 10 * time.Minute
 	// maxGaps bounds the open gaps kept per stream; an older gap beyond it
 	// is counted missed at once.

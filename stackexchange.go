@@ -150,7 +150,7 @@ type Stats struct {
 	// broker); each was dropped.
 	Duplicates uint64
 	// Missed counts messages from other nodes that never arrived: gaps in
-	// their sequence numbers not filled within two seconds (ErrMissed is
+	// their sequence numbers not filled within ten seconds (ErrMissed is
 	// reported once per gap).
 	Missed uint64
 	// ReportsDropped counts errors not passed to Options.ErrorHandler and

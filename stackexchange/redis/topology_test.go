@@ -1,7 +1,6 @@
 package redis_test
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -107,17 +106,13 @@ func stopShared() {
 // ~115 s a run takes under -race) exercise the engine's local fan-out and
 // connection churn, which do not depend on the broker's topology and run
 // in TestConformance on one Redis; here they are skipped, as with -short,
-// unless SCALEOUT_TOPOLOGY_HEAVY is set. (The package's tests never run in
-// parallel, so setting the flag for the test's duration races with
-// nothing.)
+// unless SCALEOUT_TOPOLOGY_HEAVY is set (RunLight).
 func runTopology(t *testing.T, f stackexchangetest.Factory) {
-	if os.Getenv("SCALEOUT_TOPOLOGY_HEAVY") == "" && !testing.Short() {
-		if err := flag.Set("test.short", "true"); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = flag.Set("test.short", "false") })
+	if os.Getenv("SCALEOUT_TOPOLOGY_HEAVY") != "" {
+		stackexchangetest.Run(t, f)
+		return
 	}
-	stackexchangetest.Run(t, f)
+	stackexchangetest.RunLight(t, f)
 }
 
 // ownShards starts 3 independent redis-servers for this test.
