@@ -347,12 +347,14 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 	if exclPeer == nil {
 		local.exclID = exclID
 	}
-	e.fanout(local)
-
 	if env.to == "" {
-		// The hot path: queued in order for the broker, sent in batches.
-		return e.pipe.push(e.names.namespace(env.namespace), env) && !e.down.Load()
+		// The hot path: queued in order for the broker, sent in batches
+		// while this node serves its own clients.
+		ok := e.pipe.push(e.names.namespace(env.namespace), env) && !e.down.Load()
+		e.fanout(local)
+		return ok
 	}
+	e.fanout(local)
 	_, _, err := e.route(&env, false)
 	return err == nil
 }
