@@ -211,10 +211,10 @@ func NewBroker(client goredis.UniversalClient) (scaleout.Broker, error) {
 
 func withDefaults(o scaleout.Options) scaleout.Options {
 	if o.PublishTimeout <= 0 {
-		o.PublishTimeout = 2 * time.Second
+		o.PublishTimeout = scaleout.DefaultPublishTimeout
 	}
 	if o.SubscribeTimeout <= 0 {
-		o.SubscribeTimeout = 2 * time.Second
+		o.SubscribeTimeout = scaleout.DefaultSubscribeTimeout
 	}
 	return o
 }
