@@ -468,6 +468,9 @@ func testRestartedNode(t *testing.T, f Factory) {
 	check := func(tag string, keep *client) {
 		t.Helper()
 		cl.barrier(ns, append(watchers, keep)...)
+		// To messages travel on the client's own channel, which a sharded
+		// broker may keep on another server than the fences: wait for them.
+		keep.waitFor(15*time.Second, batch, func(r received) bool { return strings.HasPrefix(string(r.body), tag+"-to-") })
 		for k := 0; k < batch; k++ {
 			for _, w := range watchers {
 				expectCount(t, "a restarted node's broadcasts reach every client once", w, 1, evMsg, fmt.Sprintf("%s-%d", tag, k))

@@ -194,6 +194,9 @@ func testBroadcastTo(t *testing.T, f Factory) {
 		nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evMsg, To: target.id, Body: []byte(fmt.Sprintf("to-%d", nd.idx))})
 	}
 	cl.barrier(ns, cs...)
+	// To messages travel on the client's own channel, which a sharded
+	// broker may keep on another server than the fences: wait for them.
+	target.waitFor(15*time.Second, Nodes, func(r received) bool { return strings.HasPrefix(string(r.body), "to-") })
 	for i := range cl.nodes {
 		body := fmt.Sprintf("to-%d", i)
 		for _, c := range cs {
