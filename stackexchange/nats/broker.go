@@ -238,8 +238,28 @@ func (b *broker) Subscribe(ctx context.Context, channels ...string) error {
 		ctx, cancel = context.WithTimeout(ctx, flushTimeout)
 		defer cancel()
 	}
-	return b.nc.FlushWithContext(ctx)
+	if err := b.nc.FlushWithContext(ctx); err != nil {
+		return err
+	}
+	if b.nc.ConnectedClusterName() != "" {
+		// In a cluster the flush confirms the subscription on this server
+		// only; the others learn of it over their routes a moment later,
+		// and a message published through them meanwhile misses it. Give
+		// the routes that moment (a nats.go API that confirms interest
+		// cluster-wide does not exist).
+		t := time.NewTimer(clusterSettle)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	return nil
 }
+
+// clusterSettle is how long Subscribe waits after its flush when the
+// server is part of a cluster.
+const clusterSettle = 100 * time.Millisecond
 
 // Unsubscribe implements scaleout.Broker: an UNSUB for each channel into
 // the connection's write buffer. It does not wait for the server. It tries
