@@ -135,14 +135,14 @@ func TestAskToken(t *testing.T) {
 func TestDecodeVersion1(t *testing.T) {
 	e := sampleEnvelopes()[1]
 	v2 := encodeEnvelope(&e)
-	// Version 1 is version 2 without the stream and seq varints (both 0
-	// here: one byte each), right after the id.
+	// Version 1 is version 3 without the stream, seq and age varints (all
+	// 0 here: one byte each), right after the id.
 	var v1 []byte
 	v1 = append(v1, v2[:2]...)
 	v1 = append(v1, envelopeV1)
 	head := len(appendString(v2[:5:5], e.origin)) + 1 // + the id's one byte
 	v1 = append(v1, v2[3:head]...)
-	v1 = append(v1, v2[head+2:]...)
+	v1 = append(v1, v2[head+3:]...)
 	got, err := decodeEnvelope(v1)
 	if err != nil {
 		t.Fatalf("version 1: %v", err)

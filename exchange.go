@@ -19,6 +19,9 @@ const (
 	DefaultPublishTimeout   = 2 * time.Second
 	DefaultSubscribeTimeout = 2 * time.Second
 	DefaultQueueSize        = 16384
+	DefaultRetain           = 30 * time.Second
+	DefaultRetainMessages   = 65536
+	DefaultRetainBytes      = 64 << 20
 )
 
 // Exchange is the engine behind every exchange of this module: it does the
@@ -70,7 +73,7 @@ type Exchange struct {
 	subs *subs
 	asks *asks
 	rep  *reporter
-	seqs *senders
+	hist *history
 	recv *receivers
 	pipe *pipeline
 
@@ -89,14 +92,15 @@ type Exchange struct {
 
 	deliverMu sync.Mutex // held by deliver across accept and fan-out
 
-	outbox chan outgoing // not-here answers, published off the receive loop
+	outbox  chan outgoing      // not-here answers, published off the receive loop
+	repairs chan repairRequest // other nodes' repair requests, served off the receive loop
 
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
 	bg        sync.WaitGroup
 
-	published, publishErrors, received, decodeErrors atomic.Uint64
+	published, publishErrors, received, decodeErrors, resent atomic.Uint64
 }
 
 // outgoing is a publish queued for the outbox goroutine.
@@ -107,7 +111,11 @@ type outgoing struct {
 
 const (
 	sweepInterval = time.Second
+	repairTick    = 100 * time.Millisecond
 	outboxSize    = 1024
+	// repairQueue bounds the repair requests waiting to be served; more
+	// are dropped (the requester asks again after repairRetry).
+	repairQueue = 256
 )
 
 // New returns an engine on top of b. It starts b, and its goroutines, on the
@@ -127,22 +135,32 @@ func New(b Broker, opts Options) *Exchange {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = DefaultQueueSize
 	}
+	if opts.Retain == 0 {
+		opts.Retain = DefaultRetain
+	}
+	if opts.RetainMessages <= 0 {
+		opts.RetainMessages = DefaultRetainMessages
+	}
+	if opts.RetainBytes <= 0 {
+		opts.RetainBytes = DefaultRetainBytes
+	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	e := &Exchange{
-		b:      b,
-		opts:   opts,
-		names:  names{prefix: prefixName(opts.Prefix)},
-		node:   hex.EncodeToString(id[:]),
-		hub:    newHub(opts.QueueSize),
-		asks:   newAsks(),
-		lazy:   make(map[*neffos.Conn]map[string]struct{}),
-		outbox: make(chan outgoing, outboxSize),
-		done:   make(chan struct{}),
+		b:       b,
+		opts:    opts,
+		names:   names{prefix: prefixName(opts.Prefix)},
+		node:    hex.EncodeToString(id[:]),
+		hub:     newHub(opts.QueueSize),
+		asks:    newAsks(),
+		lazy:    make(map[*neffos.Conn]map[string]struct{}),
+		outbox:  make(chan outgoing, outboxSize),
+		repairs: make(chan repairRequest, repairQueue),
+		done:    make(chan struct{}),
 	}
 	e.rep = newReporter(opts.ErrorHandler, opts.Logger, e.node)
 	e.subs = newSubs(b, opts.SubscribeTimeout, e.rep.report)
-	e.seqs, e.recv = newSenders(), newReceivers()
+	e.hist, e.recv = newHistory(opts.Retain, opts.RetainMessages, opts.RetainBytes), newReceivers()
 	e.pipe = newPipeline(e)
 	e.subs.dropped = e.recv.forget
 	return e
@@ -169,7 +187,7 @@ func (e *Exchange) doStart() error {
 	if err := e.b.Start(e.deliver, e.rep.report); err != nil {
 		return err
 	}
-	for _, run := range []func(<-chan struct{}){e.subs.run, e.sweeper, e.rep.run, e.sendOutbox, e.pipe.run} {
+	for _, run := range []func(<-chan struct{}){e.subs.run, e.sweeper, e.rep.run, e.sendOutbox, e.pipe.run, e.serveRepairs} {
 		e.bg.Add(1)
 		go func() {
 			defer e.bg.Done()
@@ -178,7 +196,9 @@ func (e *Exchange) doStart() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
-	_ = e.subs.acquireNow(ctx, e.names.node(e.node))
+	own := []string{e.names.node(e.node), e.names.beat()}
+	e.recv.listen(own...)
+	_ = e.subs.acquireNow(ctx, own...)
 	// Can the broker count receivers? A publish on a channel nobody
 	// subscribes tells: 0, or -1 (Redis Cluster).
 	if n, err := e.b.Publish(ctx, e.names.probe(), nil); err == nil && n < 0 && !e.counting() {
@@ -208,7 +228,9 @@ func (e *Exchange) Init(namespaces neffos.Namespaces) error {
 			e.hub.hook(ns)
 		}
 		channels = append(channels, e.names.namespace(ns))
+		e.hist.pin(e.names.namespace(ns), time.Now())
 	}
+	e.recv.listen(channels...)
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
 	// A failure is reported, not returned: the broker subscribes the
@@ -238,6 +260,7 @@ func (e *Exchange) OnConnect(c *neffos.Conn) error {
 		return ErrClosed
 	}
 	if p != nil {
+		e.recv.listen(e.names.conn(p.id))
 		e.subs.acquire(e.names.conn(p.id))
 	}
 	return nil
@@ -289,6 +312,7 @@ func (e *Exchange) Subscribe(c *neffos.Conn, namespace string) {
 	set[namespace] = struct{}{}
 	e.lazyMu.Unlock()
 	if !had {
+		e.recv.listen(e.names.namespace(namespace))
 		e.subs.acquire(e.names.namespace(namespace))
 	}
 }
@@ -350,7 +374,7 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 	if env.to == "" {
 		// The hot path: queued in order for the broker, sent in batches
 		// while this node serves its own clients.
-		ok := e.pipe.push(e.names.namespace(env.namespace), env) && !e.down.Load()
+		ok := e.pipe.push(e.names.namespace(env.namespace), env, true) && !e.down.Load()
 		e.fanout(local)
 		return ok
 	}
@@ -380,6 +404,16 @@ func (e *Exchange) route(env *envelope, probe bool) (viaNamespace bool, receiver
 		case n < 0:
 			e.uncounted.Store(true) // learnt late: the start probe failed
 		}
+		if probe {
+			// Nobody read the Ask there: its number is void, and the
+			// namespace copy, which every node reads, gets a number of
+			// the namespace's stream.
+			e.hist.void(env.stream, env.seq)
+			env.stream, env.seq, env.age = 0, 0, 0
+		}
+		// A message keeps its number of the client's stream: the node
+		// holding the client takes the namespace copy in that stream's
+		// order.
 	}
 	if probe {
 		env.flags |= flagProbe
@@ -413,8 +447,16 @@ func (e *Exchange) publishCounted(channel string, env *envelope) (int, error) {
 func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, error), channel string, env *envelope) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 	defer cancel()
-	e.seqs.stamp(channel, env, time.Now())
-	payload := encodeEnvelope(env)
+	// Messages To one client are numbered in the client channel's stream,
+	// whichever channel carries them, and retained for repair; an Ask, a
+	// reply and a not-here keep only their number; repair requests are not
+	// numbered.
+	var payload []byte
+	if env.stream == 0 && env.kind <= kindNotHere {
+		payload = e.hist.stamp(e.seqChannel(channel, env), env, env.kind == kindBroadcast, time.Now())
+	} else {
+		payload = encodeEnvelope(env)
+	}
 	n, err := pub(ctx, channel, payload)
 	// A failed publish may have reached the broker or not; receivers drop
 	// what they read twice, so it is retried until PublishTimeout.
@@ -450,7 +492,8 @@ func (e *Exchange) counting() bool {
 }
 
 // deliver is the broker's receive callback: decode once, then fan out. It
-// never waits: fan-out only queues, and answers go through the outbox.
+// never waits: fan-out only queues, and answers go through the outbox or
+// the pipeline.
 func (e *Exchange) deliver(channel string, payload []byte) {
 	e.received.Add(1)
 	env, err := decodeEnvelope(payload)
@@ -462,29 +505,124 @@ func (e *Exchange) deliver(channel string, payload []byte) {
 	if env.origin == e.node {
 		return // own echo: local clients were served directly.
 	}
-	// Taking a number and fanning its message out is one step, so that two
-	// receive loops (one per broker, Redundant) cannot swap two messages of
-	// one origin between the check and the queues.
-	e.deliverMu.Lock()
-	defer e.deliverMu.Unlock()
-	fresh, lost := e.recv.accept(channel, &env, time.Now())
-	e.reportMissed(lost)
-	if !fresh {
+	switch env.kind {
+	case kindRepair:
+		select {
+		case e.repairs <- repairRequest{origin: env.origin, channel: env.event, stream: env.stream, from: env.seq, to: env.id}:
+		default: // the requester asks again
+		}
+		return
+	case kindResend:
+		inner, err := decodeEnvelope(env.body)
+		if err != nil || inner.origin != env.origin || inner.kind != kindBroadcast {
+			e.decodeErrors.Add(1)
+			e.rep.report(fmt.Errorf("channel %s: resend: %w", channel, errors.Join(ErrMalformed, err)))
+			return
+		}
+		e.accept(env.event, &inner, true)
 		return
 	}
+	e.accept(channel, &env, false)
+}
+
+// accept runs env, read on channel (or resent for it, repair), through the
+// sequence check and handles what that releases, in order. Taking a number
+// and fanning its message out is one step, under deliverMu, so that two
+// receive loops (one per broker, Redundant), or a receive loop and the
+// sweeper, cannot swap two messages of one origin between the check and
+// the queues.
+func (e *Exchange) accept(channel string, env *envelope, repair bool) {
+	now := time.Now()
+	e.deliverMu.Lock()
+	defer e.deliverMu.Unlock()
+	var out []envelope
+	var lost []missed
+	switch env.kind {
+	case kindBeat:
+		beats, ok := decodeBeats(env.body)
+		if !ok {
+			e.decodeErrors.Add(1)
+			e.rep.report(fmt.Errorf("channel %s: heartbeat: %w", channel, ErrMalformed))
+			return
+		}
+		out, lost = e.recv.heartbeat(env.origin, beats, now)
+	case kindVoid:
+		out, lost = e.recv.fill(env.event, env.origin, env.stream, env.seq, env.id, env.flags&flagGone != 0)
+	default:
+		if sc := e.seqChannel(channel, env); sc != channel {
+			if !e.recv.listening(sc) {
+				return // a message To a client this node does not hold
+			}
+			channel = sc
+		}
+		var fresh bool
+		out, lost, fresh = e.recv.accept(channel, env, now, repair)
+		if fresh && repair {
+			e.recv.repaired.Add(1)
+		}
+	}
+	e.reportMissed(lost)
+	for i := range out {
+		e.handle(&out[i])
+	}
+}
+
+// seqChannel is the channel whose stream numbers env: a message To one
+// client is numbered in the client's channel, even when it travels on the
+// namespace's (a client just connected, a broker that cannot count).
+func (e *Exchange) seqChannel(channel string, env *envelope) string {
+	if env.kind == kindBroadcast && env.to != "" {
+		return e.names.conn(env.to)
+	}
+	return channel
+}
+
+// handle acts on a message the sequence check let through.
+func (e *Exchange) handle(env *envelope) {
 	switch env.kind {
 	case kindBroadcast:
-		e.fanout(fanout{m: messageOf(&env), to: env.to, exclID: env.exclude})
+		e.fanout(fanout{m: messageOf(env), to: env.to, exclID: env.exclude})
 	case kindAsk:
-		n := e.fanout(fanout{m: questionOf(&env, askToken(env.origin, env.id)), to: env.to, exclID: env.exclude})
+		n := e.fanout(fanout{m: questionOf(env, askToken(env.origin, env.id)), to: env.to, exclID: env.exclude})
 		if n == 0 && env.flags&flagProbe != 0 {
 			e.send(e.names.node(env.origin), envelope{kind: kindNotHere, origin: e.node, id: env.id})
 		}
 	case kindReply:
-		e.asks.complete(env.id, *messageOf(&env))
+		e.asks.complete(env.id, *messageOf(env))
 	case kindNotHere:
 		e.asks.notHere(env.id)
 	}
+}
+
+// serveRepairs answers other nodes' repair requests from the retransmit
+// buffer, through the pipeline (in order, batched, retried), on the
+// requester's node channel: the envelopes it still holds as resends, the
+// rest as void or gone.
+func (e *Exchange) serveRepairs(done <-chan struct{}) {
+	consume(done, e.repairs, func(q repairRequest) {
+		if q.from == 0 || q.to < q.from || q.to-q.from >= repairMax {
+			return // not a request this module sends
+		}
+		a := e.hist.lookup(q.channel, q.stream, q.from, q.to)
+		to := e.names.node(q.origin)
+		void := func(r [2]uint64, gone bool) {
+			env := envelope{kind: kindVoid, origin: e.node, event: q.channel, stream: q.stream, seq: r[0], id: r[1]}
+			if gone {
+				env.flags |= flagGone
+			}
+			e.pipe.push(to, env, false)
+		}
+		if a.gone[0] != 0 {
+			void(a.gone, true)
+		}
+		for _, r := range a.void {
+			void(r, false)
+		}
+		for _, p := range a.payloads {
+			e.pipe.push(to, envelope{kind: kindResend, origin: e.node, event: q.channel, body: p}, false)
+			e.resent.Add(1)
+		}
+	})
 }
 
 // send queues a publish for the outbox goroutine: the receive path must not
@@ -610,6 +748,11 @@ func (e *Exchange) Stats() Stats {
 		Dropped:        e.hub.dropped.Load(),
 		Duplicates:     e.recv.duplicates.Load(),
 		Missed:         e.recv.missed.Load(),
+		Repaired:       e.recv.repaired.Load(),
+		Resent:         e.resent.Load(),
+		Held:           int(e.recv.held.Load()),
+		Retained:       int(e.hist.count.Load()),
+		RetainedBytes:  int(e.hist.size.Load()),
 		DecodeErrors:   e.decodeErrors.Load(),
 		ReportsDropped: e.rep.dropped.Load(),
 		Conns:          int(e.hub.conns.Load()),
@@ -680,27 +823,47 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	}
 }
 
-// sweeper releases connections that closed without neffos calling
+// sweeper runs the node's timers: every repairTick it asks other nodes for
+// what this node misses; every beatInterval it queues a heartbeat; every
+// sweepInterval it releases connections that closed without neffos calling
 // OnDisconnect (v0.0.24 skips it for a connection refused by the server's
-// OnConnect when the server has an OnDisconnect callback), and forgets
-// expired presence entries.
+// OnConnect when the server has an OnDisconnect callback), gives up gaps
+// older than gapWait and forgets idle streams.
 func (e *Exchange) sweeper(done <-chan struct{}) {
-	t := time.NewTicker(sweepInterval)
+	t := time.NewTicker(repairTick)
 	defer t.Stop()
+	var lastBeat, lastSweep time.Time
 	for {
 		select {
 		case <-done:
 			return
 		case <-t.C:
 		}
+		now := time.Now()
+		for _, q := range e.recv.due(now) {
+			e.send(e.names.node(q.origin), envelope{kind: kindRepair, origin: e.node, event: q.channel, stream: q.stream, seq: q.from, id: q.to})
+		}
+		if now.Sub(lastBeat) >= beatInterval {
+			lastBeat = now
+			e.pipe.pushBeat()
+		}
+		if now.Sub(lastSweep) < sweepInterval {
+			continue
+		}
+		lastSweep = now
 		for _, c := range e.hub.snapshot() {
 			if c.IsClosed() {
 				e.OnDisconnect(c)
 			}
 		}
-		now := time.Now()
-		e.reportMissed(e.recv.sweep(now))
-		e.seqs.sweep(now.Add(-streamIdle))
+		e.deliverMu.Lock()
+		out, lost := e.recv.sweep(now)
+		e.reportMissed(lost)
+		for i := range out {
+			e.handle(&out[i])
+		}
+		e.deliverMu.Unlock()
+		e.hist.sweep(now, now.Add(-streamIdle))
 	}
 }
 

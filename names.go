@@ -11,6 +11,7 @@ import (
 //	P.ns.<token(namespace)>   one per namespace, subscribed by every node
 //	P.c.<token(connID)>       one per connected client id, by the node holding it
 //	P.node.<nodeID>           one per node: Ask replies
+//	P.hb                      subscribed by every node: heartbeats
 //	P.probe                   subscribed by nobody: a node publishes nothing
 //	                          there once, at start, to learn whether the
 //	                          broker counts receivers
@@ -77,3 +78,4 @@ func (n names) namespace(ns string) string { return n.prefix + ".ns." + token(ns
 func (n names) conn(id string) string      { return n.prefix + ".c." + token(id) }
 func (n names) node(id string) string      { return n.prefix + ".node." + id }
 func (n names) probe() string              { return n.prefix + ".probe" }
+func (n names) beat() string               { return n.prefix + ".hb" }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,7 +14,8 @@ import (
 // appends and returns, one goroutine hands what waits to the broker in
 // batches (one round trip per batch with a BatchPublisher, such as Redis's
 // pipelined PUBLISH), in order, and retries a batch that failed, from the
-// first message not confirmed, until the message is 5 PublishTimeouts old.
+// first message not confirmed, as long as the retransmit buffer holds the
+// message (messages the buffer does not cover: 5 PublishTimeouts).
 // A retried message that had reached the broker is a duplicate that
 // receivers drop by its sequence number.
 //
@@ -31,25 +33,29 @@ type pipeline struct {
 	queue  []queued
 	bytes  int
 	closed bool
-	wake   chan struct{} // the pump has work
-	room   chan struct{} // the queue has room again
+	// beatQueued: a heartbeat waits in the queue; no second one is added.
+	beatQueued bool
+	wake       chan struct{} // the pump has work
+	room       chan struct{} // the queue has room again
 
 	length atomic.Int64
 }
 
 type queued struct {
-	channel  string
-	env      envelope
-	size     int
-	enqueued time.Time
+	channel     string
+	payload     []byte
+	stream, seq uint64 // 0: not numbered
+	beat        bool
+	enqueued    time.Time
 }
 
 const (
 	pipelineCount = 8192
 	pipelineBytes = 64 << 20
 	pipelineBatch = 256
-	// pipelineAge is how many PublishTimeouts a message may wait for the
-	// broker, queue included, before it is given up on (10 s by default).
+	// pipelineAge is how many PublishTimeouts a message the retransmit
+	// buffer does not hold may wait for the broker, queue included, before
+	// it is given up on (10 s by default).
 	pipelineAge = 5
 )
 
@@ -73,10 +79,15 @@ func newPipeline(e *Exchange) *pipeline {
 	return &pipeline{e: e, wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 }
 
-// push queues env for channel. It reports whether env was queued.
-func (p *pipeline) push(channel string, env envelope) bool {
+// push queues env for channel. With numbered, env is first given its
+// sequence number and retained (history); a numbered message that finds no
+// room is retained all the same, so a node that learns its number (the
+// next message, or a heartbeat) gets it by repair. push reports whether env
+// was queued.
+func (p *pipeline) push(channel string, env envelope, numbered bool) bool {
 	size := env.size()
 	var timer *time.Timer
+wait:
 	for {
 		p.mu.Lock()
 		switch {
@@ -84,9 +95,7 @@ func (p *pipeline) push(channel string, env envelope) bool {
 			p.mu.Unlock()
 			return false
 		case len(p.queue) < pipelineCount && (p.bytes+size <= pipelineBytes || len(p.queue) == 0):
-			p.queue = append(p.queue, queued{channel: channel, env: env, size: size, enqueued: time.Now()})
-			p.bytes += size
-			p.length.Add(1)
+			p.appendLocked(channel, &env, numbered, false)
 			p.mu.Unlock()
 			signal(p.wake)
 			return true
@@ -94,7 +103,7 @@ func (p *pipeline) push(channel string, env envelope) bool {
 		p.mu.Unlock()
 		if timer == nil {
 			if p.e.down.Load() {
-				return false
+				break wait
 			}
 			timer = time.NewTimer(p.e.opts.PublishTimeout)
 			defer timer.Stop()
@@ -102,11 +111,51 @@ func (p *pipeline) push(channel string, env envelope) bool {
 		select {
 		case <-p.room:
 		case <-timer.C:
-			return false
+			break wait
 		case <-p.e.done:
 			return false
 		}
 	}
+	if numbered {
+		p.e.hist.stamp(channel, &env, env.kind == kindBroadcast, time.Now())
+	}
+	return false
+}
+
+// appendLocked encodes env (numbering and retaining it first when
+// numbered) and appends it to the queue.
+func (p *pipeline) appendLocked(channel string, env *envelope, numbered, beat bool) {
+	now := time.Now()
+	var payload []byte
+	if numbered {
+		payload = p.e.hist.stamp(channel, env, env.kind == kindBroadcast, now)
+	} else {
+		payload = encodeEnvelope(env)
+	}
+	p.queue = append(p.queue, queued{channel: channel, payload: payload, stream: env.stream, seq: env.seq, beat: beat, enqueued: now})
+	p.bytes += len(payload)
+	p.length.Add(1)
+}
+
+// pushBeat queues this node's heartbeat (the last numbers of its streams,
+// taken now, so every number it announces was queued before it) unless one
+// is still queued or the queue is full.
+func (p *pipeline) pushBeat() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.beatQueued || len(p.queue) >= pipelineCount {
+		return
+	}
+	bodies := encodeBeats(p.e.hist.announce(nil))
+	if len(bodies) == 0 {
+		bodies = [][]byte{nil} // a node with nothing to announce still beats
+	}
+	for _, body := range bodies {
+		env := envelope{kind: kindBeat, origin: p.e.node, body: body}
+		p.appendLocked(p.e.names.beat(), &env, false, true)
+	}
+	p.beatQueued = true
+	signal(p.wake)
 }
 
 func signal(ch chan struct{}) {
@@ -130,11 +179,16 @@ func (p *pipeline) take() []queued {
 	clear(p.queue[rest:])
 	p.queue = p.queue[:rest]
 	for _, q := range batch {
-		p.bytes -= q.size
+		p.bytes -= len(q.payload)
+		if q.beat {
+			p.beatQueued = false
+		}
 	}
 	p.length.Add(-int64(n))
 	signal(p.room)
-	return batch
+	// A heartbeat that waited (an outage) is stale: the next one is fresh.
+	now := time.Now()
+	return slices.DeleteFunc(batch, func(q queued) bool { return q.beat && now.Sub(q.enqueued) > 2*beatInterval })
 }
 
 // run sends queued batches until done is closed; then it refuses new
@@ -161,23 +215,23 @@ func (p *pipeline) drain(done <-chan struct{}) {
 	}
 }
 
-// send publishes batch in order, stamping each message with its sequence
-// number once, and retries from the first message not confirmed. Each
-// attempt is bounded by PublishTimeout; after PublishTimeout without
-// progress the broker counts as down (Publish returns false at once), but
-// the batch is still retried: a message is given up on only when it is
-// older than maxAge (time in the queue included), so a broker slowed down
-// by load, or back after a short outage, loses nothing.
+// send publishes batch in order and retries from the first message not
+// confirmed. Each attempt is bounded by PublishTimeout; after
+// PublishTimeout without progress the broker counts as down (Publish
+// returns false at once), but the batch is still retried: a numbered
+// message is given up on only once the retransmit buffer dropped it (then
+// it could not be repaired either), any other message (repair answers,
+// heartbeats; every message when the buffer is off) when it is older than
+// maxAge. So a broker slowed down by load, or back after an outage, loses
+// nothing the buffer holds.
 func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 	e := p.e
 	pubs := make([]Publication, len(batch))
-	now := time.Now()
 	for i := range batch {
-		e.seqs.stamp(batch[i].channel, &batch[i].env, now)
-		pubs[i] = Publication{Channel: batch[i].channel, Payload: encodeEnvelope(&batch[i].env)}
+		pubs[i] = Publication{Channel: batch[i].channel, Payload: batch[i].payload}
 	}
 	maxAge := pipelineAge * e.opts.PublishTimeout
-	progress := now
+	progress := time.Now()
 	for backoff := retryBackoff; len(pubs) > 0; backoff = min(2*backoff, maxRetryBackoff) {
 		ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 		sent, err := e.publishBatch(ctx, pubs)
@@ -197,26 +251,34 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 			continue
 		}
 		// The broker is failing or slow: once it made no progress for
-		// PublishTimeout it counts as down, and what is too old is given up
-		// on (a healthy broker's back-pressure drops nothing); the rest is
-		// retried after a pause.
+		// PublishTimeout it counts as down, and what can no longer be
+		// delivered is given up on (a healthy broker's back-pressure drops
+		// nothing); the rest is retried after a pause.
 		now := time.Now()
 		old := 0
 		if now.Sub(progress) >= e.opts.PublishTimeout {
 			e.down.Store(true)
-			for old < len(batch) && now.Sub(batch[old].enqueued) >= maxAge {
+			for old < len(batch) && e.expired(&batch[old], now, maxAge) {
 				old++
 			}
 		}
 		if old > 0 {
 			e.publishErrors.Add(uint64(old) - 1)
-			e.failed(pubs[0].Channel, fmt.Errorf("%d messages older than %v given up: %w", old, maxAge, err))
+			e.failed(pubs[0].Channel, fmt.Errorf("%d messages no longer deliverable given up: %w", old, err))
 			batch, pubs = batch[old:], pubs[old:]
 		}
 		if len(pubs) > 0 && !sleepDone(backoff, done) {
 			return
 		}
 	}
+}
+
+// expired reports whether a queued message is no longer worth publishing.
+func (e *Exchange) expired(q *queued, now time.Time, maxAge time.Duration) bool {
+	if q.stream != 0 && e.hist.on() {
+		return !e.hist.holds(q.stream, q.seq)
+	}
+	return now.Sub(q.enqueued) >= maxAge
 }
 
 // sleepDone waits d; it reports false when done closed first.

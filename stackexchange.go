@@ -127,6 +127,23 @@ type Options struct {
 	// Logger, when set, logs the same errors at Warn level, on the same
 	// goroutine as ErrorHandler.
 	Logger *slog.Logger
+	// Retain is how long a node keeps the messages it publishes (broadcasts
+	// and messages To one client, encoded) in its retransmit buffer, so that
+	// a node that missed some, during a broker outage or while its
+	// subscriptions were being restored, gets them by repair: late, in the
+	// origin's order, exactly once. The buffer is also bounded by
+	// RetainMessages and RetainBytes; the oldest go first. It costs the
+	// payload plus about 64 bytes per message (Stats.Retained,
+	// Stats.RetainedBytes). Default DefaultRetain (30s); negative: no
+	// buffer, no repair (a message lost in an outage is counted in
+	// Stats.Missed by the nodes that learn of it).
+	Retain time.Duration
+	// RetainMessages bounds the retransmit buffer's messages. Default
+	// DefaultRetainMessages (65536).
+	RetainMessages int
+	// RetainBytes bounds the retransmit buffer's bytes, payloads plus 64
+	// per message. Default DefaultRetainBytes (64 MiB).
+	RetainBytes int
 }
 
 // Stats is a snapshot of an Exchange's counters since it was created.
@@ -150,9 +167,16 @@ type Stats struct {
 	// broker); each was dropped.
 	Duplicates uint64
 	// Missed counts messages from other nodes that never arrived: gaps in
-	// their sequence numbers not filled within ten seconds (ErrMissed is
+	// their sequence numbers that neither a late copy nor a repair filled
+	// within ten seconds, or that the origin no longer buffered (ErrMissed is
 	// reported once per gap).
 	Missed uint64
+	// Repaired counts messages from other nodes this node got by repair
+	// (it asked their origin for them after seeing a gap).
+	Repaired uint64
+	// Resent counts messages this node sent again from its retransmit
+	// buffer, at other nodes' request.
+	Resent uint64
 	// ReportsDropped counts errors not passed to Options.ErrorHandler and
 	// Logger because 256 were already waiting for a slow handler.
 	ReportsDropped uint64
@@ -169,4 +193,11 @@ type Stats struct {
 	Subscriptions int
 	// PendingAsks is the number of Server.Ask calls waiting for a reply now.
 	PendingAsks int
+	// Held is the number of messages from other nodes held now because an
+	// earlier message of their origin is missing (at most 65536 messages
+	// and 64 MiB, all origins together; then the gap is given up).
+	Held int
+	// Retained and RetainedBytes measure the retransmit buffer now (see
+	// Options.Retain).
+	Retained, RetainedBytes int
 }

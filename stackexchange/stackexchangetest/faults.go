@@ -36,9 +36,9 @@ type FaultFactory func(t *testing.T) ([]Process, Factory)
 // exchanges f builds on broker processes of their own. Each rule is a named
 // subtest with a watchdog, like Run's.
 func RunFaults(t *testing.T, f FaultFactory) {
-	runFaults(t, f, 1, []faultRule{
+	runFaults(t, f, 1, append([]faultRule{
 		{"Fault/KillRestart/NothingLostAfterReturn", testKillRestart},
-	})
+	}, repairRules...))
 }
 
 // RunRedundancyFaults checks the rules of an exchange over several brokers
