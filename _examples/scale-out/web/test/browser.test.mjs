@@ -45,8 +45,8 @@ describe("scale-out chat in headless Chromium, pages on different nodes", () => 
   // open loads the page of node i as name, which connects at once (?name=).
   // Console errors (a failed resource load logs one) and uncaught page
   // errors are kept in errors, which the tests expect to stay empty.
-  async function open(name, i, viewport = { width: 880, height: 690 }) {
-    const context = await browser.newContext({ viewport });
+  async function open(name, i, viewport = { width: 880, height: 690 }, device = {}) {
+    const context = await browser.newContext({ viewport, ...device });
     const page = await context.newPage();
     const errors = [];
     page.on("console", (m) => {
@@ -225,7 +225,10 @@ describe("scale-out chat in headless Chromium, pages on different nodes", () => 
   for (const width of widths) {
     test(`at ${width} px wide: no horizontal overflow, usable fields, whole words, no console errors`, async () => {
       const { bob } = pages;
-      const p = await open(`w${width}`, 0, { width, height: 844 });
+      // Below 600 px as a phone: touch, and the page's <meta name="viewport">
+      // honoured (a page wider than the screen would be zoomed out).
+      const phone = width < 600 ? { isMobile: true, hasTouch: true, deviceScaleFactor: 2 } : {};
+      const p = await open(`w${width}`, 0, { width, height: 844 }, phone);
       try {
         await joinRoom(p, "lobby");
         await p.page.locator(`#users li[data-id="${bob.id}"]`).waitFor({ timeout: deadline });
