@@ -1,10 +1,14 @@
 package main
 
 import (
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/kataras/neffos"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 func TestBodyRoundTrip(t *testing.T) {
@@ -64,5 +68,42 @@ func TestPickReference(t *testing.T) {
 	}
 	if s := spreadOf([]float64{3, 1, 2, 10}); s.Median != 2.5 || s.Min != 1 || s.Max != 10 || s.N != 4 {
 		t.Errorf("spreadOf = %+v", s)
+	}
+}
+
+// TestPlotLegendCoversNoData draws the committed results as `-replot`
+// does: the legend lies inside the image and overlaps neither plot (it
+// covered the NATS point at N=1000 when it sat inside the left plot).
+func TestPlotLegendCoversNoData(t *testing.T) {
+	sums, err := readSummaries("results/results.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := summariesConfig(sums)
+	if !slices.Equal(cfg.ns, []int{300, 1000}) || len(cfg.exchanges) != 6 || cfg.repeat != 3 || cfg.k != 3 {
+		t.Fatalf("config from results.jsonl: ns %v, exchanges %v, repeat %d, k %d", cfg.ns, cfg.exchanges, cfg.repeat, cfg.k)
+	}
+	img := vgimg.New(vg.Points(plotWidth), vg.Points(plotHeight))
+	dc := draw.New(img)
+	layout, err := drawPlots(dc, cfg, sums)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := func(r, outer vg.Rectangle) bool {
+		return r.Min.X >= outer.Min.X && r.Max.X <= outer.Max.X && r.Min.Y >= outer.Min.Y && r.Max.Y <= outer.Max.Y
+	}
+	overlap := func(a, b vg.Rectangle) bool {
+		return a.Min.X < b.Max.X && b.Min.X < a.Max.X && a.Min.Y < b.Max.Y && b.Min.Y < a.Max.Y
+	}
+	if l := layout.legend; l.Max.X <= l.Min.X || l.Max.Y <= l.Min.Y || !in(l, dc.Rectangle) {
+		t.Errorf("legend %v: empty or outside the image %v", l, dc.Rectangle)
+	}
+	if len(layout.tiles) != 2 {
+		t.Fatalf("%d plot tiles, want 2", len(layout.tiles))
+	}
+	for i, tile := range layout.tiles {
+		if overlap(layout.legend, tile) {
+			t.Errorf("legend %v overlaps plot %d %v", layout.legend, i, tile)
+		}
 	}
 }

@@ -13,7 +13,8 @@
 // (repeat.go); the report gives medians with their spread, and ratios of
 // medians against the faster reference that lost nothing. It writes
 // results.md, results.jsonl (one line per exchange and client count, the
-// runs inside) and plot.png to -out.
+// runs inside) and plot.png to -out. `go run . -replot results` draws
+// results/plot.png again from results/results.jsonl without running anything.
 //
 // The burst broadcast sends -messages messages, by default
 // ceil(-burst-deliveries / N), so that each burst is long enough (over a
@@ -159,7 +160,16 @@ func main() {
 	flag.StringVar(&cfg.out, "out", "results", "output directory")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "directory for one CPU profile per exchange and client count (cpu-<exchange>-<n>-r<repeat>.pprof)")
 	flag.StringVar(&cfg.label, "label", "", "free text for the report header (the machine)")
+	replotDir := flag.String("replot", "", "only draw `dir`/plot.png again from dir/results.jsonl (no benchmark runs)")
 	flag.Parse()
+
+	if *replotDir != "" {
+		if err := replot(*replotDir); err != nil {
+			fatalf("replot: %v", err)
+		}
+		logf("wrote %s", filepath.Join(*replotDir, "plot.png"))
+		return
+	}
 
 	for _, s := range strings.Split(ns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))

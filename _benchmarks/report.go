@@ -2,18 +2,11 @@ package main
 
 import (
 	"fmt"
-	"image/color"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
 	"time"
-
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
 )
 
 func machine() string {
@@ -456,87 +449,4 @@ func markdown(cfg config, sums []*Summary, total time.Duration) string {
 	}
 	w("\n![median deliveries/s and broker connections per node against client count](plot.png)\n")
 	return b.String()
-}
-
-var palette = map[string]color.Color{
-	"none-sync":     color.RGBA{0, 0, 0, 255},
-	"none-async":    color.RGBA{140, 140, 140, 255},
-	"redis-builtin": color.RGBA{230, 120, 120, 255},
-	"nats-builtin":  color.RGBA{120, 160, 230, 255},
-	"redis":         color.RGBA{200, 0, 0, 255},
-	"nats":          color.RGBA{0, 60, 200, 255},
-	"memory":        color.RGBA{0, 150, 0, 255},
-}
-
-// plotResults draws deliveries/s and broker connections per node against
-// the client count, one line per exchange, side by side in one PNG.
-func plotResults(path string, cfg config, sums []*Summary) error {
-	tput := plot.New()
-	tput.Title.Text = fmt.Sprintf("broadcast deliveries/s, median of %d (K=%d nodes)", cfg.repeat, cfg.k)
-	tput.X.Label.Text = "clients"
-	tput.Y.Label.Text = "deliveries/s"
-	tput.Y.Min = 0
-	conns := plot.New()
-	conns.Title.Text = "broker connections per node"
-	conns.X.Label.Text = "clients"
-	conns.Y.Label.Text = "connections (log scale)"
-	conns.Y.Scale = plot.LogScale{}
-	conns.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-	for _, p := range []*plot.Plot{tput, conns} {
-		p.Legend.Top = true
-		p.Add(plotter.NewGrid())
-	}
-	conns.Legend.Left = true
-	for _, ex := range cfg.exchanges {
-		var tp, cp plotter.XYs
-		for _, n := range cfg.ns {
-			s := findSummary(sums, ex, n)
-			if s == nil {
-				continue
-			}
-			tp = append(tp, plotter.XY{X: float64(n), Y: s.Broadcast.Median})
-			if s.BrokerConnsPerNode.Median >= 1 {
-				cp = append(cp, plotter.XY{X: float64(n), Y: s.BrokerConnsPerNode.Median})
-			}
-		}
-		add := func(p *plot.Plot, xys plotter.XYs) error {
-			if len(xys) == 0 {
-				return nil
-			}
-			l, pts, err := plotter.NewLinePoints(xys)
-			if err != nil {
-				return err
-			}
-			c := palette[ex]
-			l.Color, pts.Color = c, c
-			l.Width = vg.Points(2)
-			if strings.HasSuffix(ex, "-builtin") {
-				l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
-			}
-			p.Add(l, pts)
-			p.Legend.Add(ex, l, pts)
-			return nil
-		}
-		if err := add(tput, tp); err != nil {
-			return err
-		}
-		if err := add(conns, cp); err != nil {
-			return err
-		}
-	}
-	img := vgimg.New(vg.Points(1100), vg.Points(420))
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Millimeter * 6, PadTop: vg.Millimeter * 3, PadBottom: vg.Millimeter * 3, PadLeft: vg.Millimeter * 3, PadRight: vg.Millimeter * 3}
-	cs := plot.Align([][]*plot.Plot{{tput, conns}}, tiles, dc)
-	tput.Draw(cs[0][0])
-	conns.Draw(cs[0][1])
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -146,6 +146,11 @@ func startNode(name, host string, port int, b *broker, prefix string) (*node, er
 	mux := http.NewServeMux()
 	mux.Handle(endpoint, server)
 	mux.Handle("/", noCache(http.FileServerFS(static)))
+	// The page names its icon (favicon.svg); a browser or tool that asks for
+	// /favicon.ico anyway gets the same file instead of a 404.
+	mux.HandleFunc("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, static, "favicon.svg")
+	})
 	addr := ln.Addr().String()
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
 		addr = net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))

@@ -5,10 +5,10 @@
 //   npm run check   # fail when dist/ differs from what the sources build
 //
 // src/app.js and neffos.js (from npm) are bundled by esbuild into one ES
-// module, dist/app.js; src/index.html and src/style.css are copied. Nothing is
-// fetched at run time: the page works offline.
+// module, dist/app.js; src/index.html, src/style.css and src/favicon.svg are
+// copied. Nothing is fetched at run time: the page works offline.
 import * as esbuild from "esbuild";
-import { readFileSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
+import { readFileSync, writeFileSync, mkdirSync, existsSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -50,6 +50,7 @@ const outputs = new Map([
   ["app.js", header + result.outputFiles[0].text],
   ["index.html", readFileSync(join(src, "index.html"), "utf8")],
   ["style.css", readFileSync(join(src, "style.css"), "utf8")],
+  ["favicon.svg", readFileSync(join(src, "favicon.svg"), "utf8")],
 ]);
 
 if (check) {
@@ -57,6 +58,11 @@ if (check) {
   for (const [name, want] of outputs) {
     const file = join(dist, name);
     if (!existsSync(file) || readFileSync(file, "utf8") !== want) stale.push(name);
+  }
+  // A file in dist/ that the build does not write would be embedded and
+  // served without being built from src/.
+  if (existsSync(dist)) {
+    for (const name of readdirSync(dist)) if (!outputs.has(name)) stale.push(`${name} (not built from src/)`);
   }
   if (stale.length > 0) {
     console.error(`dist/ is out of date (${stale.join(", ")}): run \`npm run build\` in ${here} and commit dist/`);

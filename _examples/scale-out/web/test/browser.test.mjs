@@ -8,7 +8,10 @@
 // (carol, a witness on a third node, must not get it) and bob asks alice,
 // through the server, whether she is there. Screenshots of the pages, and
 // of alice's and bob's side by side, are written to $SCREENSHOT_DIR
-// (default web/artifacts/).
+// (default web/artifacts/). Then the page is used at a phone's width
+// (390 px) and a desktop's (1280 px): nothing wider than the viewport,
+// fields wide enough to type in, no word broken mid-word, the icon served,
+// and no page logs a console error (a 404 logs one).
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), SCREENSHOT_DIR.
 import { describe, test, before, after } from "node:test";
@@ -32,22 +35,30 @@ const args = [
   "--disable-sync",
 ];
 const deadline = 15_000; // every wait below is for a condition, bounded by this
+const widths = [390, 1280]; // an iPhone 12-15's viewport, and a desktop's
+const minFieldWidth = 120; // px: a text field narrower than this is a sliver
 
 describe("scale-out chat in headless Chromium, pages on different nodes", () => {
   let ex, browser;
   const pages = {};
 
   // open loads the page of node i as name, which connects at once (?name=).
-  async function open(name, i) {
-    const context = await browser.newContext({ viewport: { width: 880, height: 690 } });
+  // Console errors (a failed resource load logs one) and uncaught page
+  // errors are kept in errors, which the tests expect to stay empty.
+  async function open(name, i, viewport = { width: 880, height: 690 }, device = {}) {
+    const context = await browser.newContext({ viewport, ...device });
     const page = await context.newPage();
-    page.on("pageerror", (err) => console.error(`${name}: page error: ${err}`));
+    const errors = [];
+    page.on("console", (m) => {
+      if (m.type() === "error") errors.push(`console: ${m.text()} (${m.location().url || "?"})`);
+    });
+    page.on("pageerror", (err) => errors.push(`page error: ${err}`));
     await page.goto(`${ex.urls[i]}/?name=${name}`);
     const status = page.locator("#status.online");
     await status.waitFor({ timeout: deadline });
     const node = await status.getAttribute("data-node");
     const id = await status.getAttribute("data-id");
-    return { page, node, id, name };
+    return { page, node, id, name, errors };
   }
 
   const log = (p) => p.page.locator("#log li");
@@ -167,5 +178,111 @@ describe("scale-out chat in headless Chromium, pages on different nodes", () => 
     const both = join(artifacts, "chat.png");
     await page.screenshot({ path: both, fullPage: true });
     console.log(`screenshots: ${Object.values(shots).join(", ")}, ${both}`);
+  });
+
+  // layout measures the page as laid out now: what sticks out to the right
+  // of the viewport, the width of every visible text field and select, and
+  // the words of `sentence` (in the log) that wrap across two lines.
+  function layout(page, sentence) {
+    return page.evaluate((sentence) => {
+      const vw = document.documentElement.clientWidth;
+      const visible = (el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden";
+      const label = (el) => el.tagName.toLowerCase() + (el.id ? `#${el.id}` : "") + (el.className && typeof el.className === "string" ? `.${el.className.trim().split(/\s+/).join(".")}` : "");
+      const overflowing = [...document.body.querySelectorAll("*")]
+        .filter(visible)
+        .map((el) => [label(el), el.getBoundingClientRect().right])
+        .filter(([, right]) => right > vw + 0.5)
+        .map(([l, right]) => `${l} ends at ${Math.round(right)} px`);
+      const fields = [...document.querySelectorAll("input:not([type=radio]), select")]
+        .filter(visible)
+        .map((el) => ({ field: label(el), width: Math.round(el.getBoundingClientRect().width) }));
+      // A word on two lines has two client rects.
+      const broken = [];
+      const item = [...document.querySelectorAll("#log li")].find((li) => li.dataset.text === sentence);
+      const text = item && [...item.childNodes].find((n) => n.nodeType === Node.TEXT_NODE && n.data.includes(sentence));
+      if (text) {
+        const start = text.data.indexOf(sentence);
+        for (const m of sentence.matchAll(/\S+/g)) {
+          const r = document.createRange();
+          r.setStart(text, start + m.index);
+          r.setEnd(text, start + m.index + m[0].length);
+          const lines = new Set([...r.getClientRects()].filter((c) => c.width > 0).map((c) => Math.round(c.top)));
+          if (lines.size > 1) broken.push(m[0]);
+        }
+      }
+      return {
+        viewport: vw,
+        scrollWidth: document.documentElement.scrollWidth,
+        overflowing,
+        fields,
+        logWidth: Math.round(document.querySelector("#log").getBoundingClientRect().width),
+        sentenceFound: Boolean(text),
+        broken,
+      };
+    }, sentence);
+  }
+
+  for (const width of widths) {
+    test(`at ${width} px wide: no horizontal overflow, usable fields, whole words, no console errors`, async () => {
+      const { bob } = pages;
+      // Below 600 px as a phone: touch, and the page's <meta name="viewport">
+      // honoured (a page wider than the screen would be zoomed out).
+      const phone = width < 600 ? { isMobile: true, hasTouch: true, deviceScaleFactor: 2 } : {};
+      const p = await open(`w${width}`, 0, { width, height: 844 }, phone);
+      try {
+        await joinRoom(p, "lobby");
+        await p.page.locator(`#users li[data-id="${bob.id}"]`).waitFor({ timeout: deadline });
+        // Ordinary words must wrap between words; one long unbroken token
+        // (a URL) may break, but must stay inside the log.
+        const sentence = `a reasonably long sentence about internationalization and interoperability for the ${width} px page`;
+        const url = `https://example.invalid/${"averyveryverylongpathsegment".repeat(4)}`;
+        await say(bob, sentence, "lobby");
+        await say(bob, url, "lobby");
+        await entries(p, "chat", sentence).waitFor({ timeout: deadline });
+        await entries(p, "chat", url).waitFor({ timeout: deadline });
+        // bob asks this page: its question card (a field and a button) too.
+        await bob.page.fill("#ask-to", p.id);
+        await bob.page.fill("#ask-text", `are you there, ${p.name}?`);
+        await bob.page.click("#ask");
+        const card = p.page.locator(`#questions .question[data-from="${bob.id}"]`);
+        await card.waitFor({ timeout: deadline });
+
+        const m = await layout(p.page, sentence);
+        mkdirSync(artifacts, { recursive: true });
+        await p.page.screenshot({ path: join(artifacts, `width-${width}.png`), fullPage: true });
+        assert.equal(m.viewport, width);
+        assert.equal(m.scrollWidth, width, `the page lays out ${m.scrollWidth} px wide in a ${width} px viewport`);
+        assert.deepEqual(m.overflowing, [], "elements past the right edge");
+        const names = m.fields.map((f) => f.field);
+        for (const want of ["input#room-name", "select#target", "input#text", "input#private-to", "input#private-text", "input#ask-to", "input#ask-text", "input.answer-text"]) {
+          assert.ok(names.includes(want), `${want} is shown (shown: ${names.join(", ")})`);
+        }
+        const slivers = m.fields.filter((f) => f.width < minFieldWidth);
+        assert.deepEqual(slivers, [], `fields narrower than ${minFieldWidth} px`);
+        const minLog = Math.min(width - 60, 600);
+        assert.ok(m.logWidth >= minLog, `the log is ${m.logWidth} px wide, want at least ${minLog}`);
+        assert.ok(m.sentenceFound, "the sentence is in the log");
+        assert.deepEqual(m.broken, [], "words broken across lines");
+
+        // Still usable: answering from this width reaches bob.
+        await card.locator(".answer-text").fill(`yes, ${p.name} here`);
+        await card.locator("button.answer").click();
+        await entries(bob, "answer", `yes, ${p.name} here`).waitFor({ timeout: deadline });
+
+        // The icon the page names, and /favicon.ico for those who ask anyway.
+        for (const path of ["favicon.svg", "favicon.ico"]) {
+          const res = await p.page.request.get(`${ex.urls[0]}/${path}`);
+          assert.equal(res.status(), 200, `/${path}`);
+          assert.match(res.headers()["content-type"] || "", /^image\/svg\+xml/, `/${path}`);
+        }
+        assert.deepEqual(p.errors, [], `console errors at ${width} px`);
+      } finally {
+        await p.page.context().close();
+      }
+    });
+  }
+
+  test("no page logged a console error", () => {
+    for (const p of Object.values(pages)) assert.deepEqual(p.errors, [], `${p.name}'s page`);
   });
 });
