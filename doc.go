@@ -45,12 +45,14 @@
 // While the broker is healthy, every matching client gets each message
 // exactly once, in the order each node published them. Envelopes carry
 // sequence numbers: duplicates (a retried publish, a second broker's copy)
-// are dropped and counted, gaps are counted as missed and reported
-// (ErrMissed). Failed publishes are retried until Options.PublishTimeout.
-// Across a broker outage delivery is at most once: a node keeps serving its
-// own clients, and cross-node delivery resumes when the broker is back. A
-// client that stops reading loses what does not fit in its queue
-// (Options.QueueSize); nobody else waits for it.
+// are dropped and counted. Across a broker outage a node keeps serving its
+// own clients, and keeps what it publishes in a retransmit buffer
+// (Options.Retain, 30 s by default); once the broker is back, the other
+// nodes ask for what they missed (they learn of it from the next message or
+// from the once-a-second heartbeat) and deliver it late, in the origin's
+// order, exactly once. What the buffer no longer holds is counted as missed
+// and reported (ErrMissed). A client that stops reading loses what does not
+// fit in its queue (Options.QueueSize); nobody else waits for it.
 //
 // # Errors
 //

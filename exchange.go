@@ -44,9 +44,13 @@ const (
 // namespaces and rooms, one bounded queue each), subs (broker subscriptions
 // and the goroutine that applies them in batches), asks (pending
 // Server.Asks), the reporter (the goroutine that calls ErrorHandler and
-// Logger) and the sequence numbers (senders, receivers). The lock order is
-// one chain, deliverMu (a received message's number check and fan-out) then
-// hub.mu then a peer's mu; every other lock is a leaf, and no engine lock
+// Logger), the publish pipeline, and sequencing and repair (history: the
+// numbers and retransmit buffer of what this node sends; receivers: what it
+// has seen of the others). The lock order is one chain, deliverMu (a
+// received message's number check and fan-out; it takes receivers.mu
+// briefly, releasing it before fanning out) then hub.mu then a peer's mu;
+// pipeline.mu is only ever held with history.mu inside it (a broadcast is
+// numbered as it is queued); every other lock is a leaf, and no engine lock
 // is held while calling into neffos (Conn.Write, Namespace, Room, Is, ...),
 // the Broker, or user code (ErrorHandler, Logger, handlers), so a neffos
 // handler that holds a connection's lock can always broadcast.
@@ -60,9 +64,16 @@ const (
 // # Delivery
 //
 // While the broker is healthy every message reaches every matching client
-// exactly once. Across a broker outage delivery is at most once: messages
-// published while a node cannot reach the broker are delivered to that
-// node's own clients only, and Publish returns false.
+// exactly once. During a broker outage a node's messages reach its own
+// clients at once and Publish returns false; the other nodes get them from
+// its retransmit buffer when the broker is back (history.go, seq.go):
+// late, in order, exactly once, as long as the buffer still holds them.
+//
+// Repair runs on two goroutines of the engine's: the sweeper (every
+// 100 ms it sends the repair requests due; every second it queues a
+// heartbeat) and serveRepairs (it answers other nodes' requests through
+// the pipeline, at most 256 requests waiting). A received message's
+// number check, hold and release run under deliverMu, like its fan-out.
 type Exchange struct {
 	b     Broker
 	opts  Options
@@ -379,6 +390,14 @@ func (e *Exchange) publishOne(m *neffos.Message) bool {
 		return ok
 	}
 	e.fanout(local)
+	if e.down.Load() {
+		// The broker is down: queued with the broadcasts, on the
+		// namespace channel (no receiver count to be had), numbered in
+		// the client's stream, so it arrives in order when the broker is
+		// back, or is repaired. Publish does not wait for the broker.
+		e.pipe.push(e.names.namespace(env.namespace), env, true)
+		return false
+	}
 	_, _, err := e.route(&env, false)
 	return err == nil
 }

@@ -117,7 +117,7 @@ wait:
 		}
 	}
 	if numbered {
-		p.e.hist.stamp(channel, &env, env.kind == kindBroadcast, time.Now())
+		p.e.hist.stamp(p.e.seqChannel(channel, &env), &env, env.kind == kindBroadcast, time.Now())
 	}
 	return false
 }
@@ -128,7 +128,7 @@ func (p *pipeline) appendLocked(channel string, env *envelope, numbered, beat bo
 	now := time.Now()
 	var payload []byte
 	if numbered {
-		payload = p.e.hist.stamp(channel, env, env.kind == kindBroadcast, now)
+		payload = p.e.hist.stamp(p.e.seqChannel(channel, env), env, env.kind == kindBroadcast, now)
 	} else {
 		payload = encodeEnvelope(env)
 	}

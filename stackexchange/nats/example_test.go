@@ -42,8 +42,8 @@ func Example() {
 		return
 	}
 	fmt.Println(exc.ChannelOf("chat"))
-	fmt.Println(exc.Stats().Subscriptions) // "chat" and this node's own subject
+	fmt.Println(exc.Stats().Subscriptions) // "chat", this node's own subject and the heartbeats'
 	// Output:
 	// myapp.ns.chat
-	// 2
+	// 3
 }

@@ -98,7 +98,7 @@ func TestHostilePayloads(t *testing.T) {
 		{"magic only", []byte("SO")},
 		{"bad magic", bend(0, 'X')},
 		{"version 0", bend(2, 0)},
-		{"version 3", bend(2, 3)},
+		{"version 4", bend(2, 4)},
 		{"version 255", bend(2, 255)},
 		{"kind 0", bend(3, 0)},
 		{"kind 9", bend(3, 9)},

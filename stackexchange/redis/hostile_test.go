@@ -93,7 +93,7 @@ func TestHostileRedisPayloads(t *testing.T) {
 		{"garbage 1 KiB", garbage(1 << 10)},
 		{"bad magic", with(0, 'X')},
 		{"wrong version 0", with(2, 0)},
-		{"wrong version 3", with(2, 3)},
+		{"wrong version 4", with(2, 4)},
 		{"wrong version 255", with(2, 255)},
 		{"unknown kind 0", with(3, 0)},
 		{"unknown kind 9", with(3, 9)},
