@@ -16,7 +16,8 @@ import (
 //	              detection)
 //	3       1     kind: 1 broadcast, 2 ask, 3 reply, 4 not-here (an ask's To
 //	              is not on the sending node); repair (unsequenced, on node
-//	              channels): 5 request, 6 resend, 7 void; 8 heartbeat
+//	              channels): 5 request, 6 resend, 7 void; 8 heartbeat;
+//	              cluster operations: 9 request (on P.ctl), 10 answer
 //	4       1     flags: 1 binary, 2 native, 4 error, 8 probe (an ask with To
 //	              sent to every node: a node without the client answers
 //	              not-here), 16 gone (kind 7: the numbers are no longer
@@ -44,8 +45,12 @@ import (
 // resend (6) carries in body one envelope exactly as first published, and
 // its channel in event; a void (7) answers numbers seq..id of stream on
 // channel event with nothing to deliver (gone: no longer buffered). A
-// heartbeat (8) lists in body, per stream: channel (uvarint length +
-// bytes), stream, last number and age in ms (uvarints).
+// heartbeat (8) carries in body the node's info (uvarint length + bytes:
+// address, uptime, namespaces, Stats), then per stream: channel (uvarint
+// length + bytes), stream, last number and age in ms (uvarints). A cluster
+// request (9) names its operation in event, its request id in id, its
+// arguments in namespace, room, to and body; its answer (10) carries the
+// id, the result in body, or an error (flag 4, error text).
 //
 // Strings are raw bytes: ';', unicode and control characters travel as they
 // are. decodeEnvelope is the only decoder; it never panics and rejects
@@ -143,7 +148,7 @@ func decodeEnvelope(b []byte) (envelope, error) {
 		return e, fmt.Errorf("%w: unsupported version %d", ErrMalformed, version)
 	}
 	e.kind, e.flags = b[3], b[4]
-	if e.kind < kindBroadcast || e.kind > kindBeat {
+	if e.kind < kindBroadcast || e.kind > kindControlReply {
 		return e, fmt.Errorf("%w: unknown kind %d", ErrMalformed, e.kind)
 	}
 	if e.flags&^(flagBinary|flagNative|flagError|flagProbe|flagGone) != 0 {

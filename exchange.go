@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,6 +106,14 @@ type Exchange struct {
 
 	outbox  chan outgoing      // not-here answers, published off the receive loop
 	repairs chan repairRequest // other nodes' repair requests, served off the receive loop
+	ctlIn   chan envelope      // other nodes' control requests (cluster.go)
+
+	nodes   nodes    // other live nodes, from heartbeats
+	ctls    controls // this node's control requests waiting for answers
+	started time.Time
+
+	nsMu       sync.Mutex
+	namespaces []string // from Init
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -167,6 +176,8 @@ func New(b Broker, opts Options) *Exchange {
 		lazy:    make(map[*neffos.Conn]map[string]struct{}),
 		outbox:  make(chan outgoing, outboxSize),
 		repairs: make(chan repairRequest, repairQueue),
+		ctlIn:   make(chan envelope, ctlQueue),
+		started: time.Now(),
 		done:    make(chan struct{}),
 	}
 	e.rep = newReporter(opts.ErrorHandler, opts.Logger, e.node)
@@ -198,7 +209,11 @@ func (e *Exchange) doStart() error {
 	if err := e.b.Start(e.deliver, e.rep.report); err != nil {
 		return err
 	}
-	for _, run := range []func(<-chan struct{}){e.subs.run, e.sweeper, e.rep.run, e.sendOutbox, e.pipe.run, e.serveRepairs} {
+	runs := []func(<-chan struct{}){e.subs.run, e.sweeper, e.rep.run, e.sendOutbox, e.pipe.run, e.serveRepairs}
+	for range ctlWorkers {
+		runs = append(runs, e.serveControls)
+	}
+	for _, run := range runs {
 		e.bg.Add(1)
 		go func() {
 			defer e.bg.Done()
@@ -207,7 +222,7 @@ func (e *Exchange) doStart() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 	defer cancel()
-	own := []string{e.names.node(e.node), e.names.beat()}
+	own := []string{e.names.node(e.node), e.names.beat(), e.names.control()}
 	e.recv.listen(own...)
 	_ = e.subs.acquireNow(ctx, own...)
 	// Can the broker count receivers? A publish on a channel nobody
@@ -240,6 +255,12 @@ func (e *Exchange) Init(namespaces neffos.Namespaces) error {
 		}
 		channels = append(channels, e.names.namespace(ns))
 		e.hist.pin(e.names.namespace(ns), time.Now())
+		e.nsMu.Lock()
+		if !slices.Contains(e.namespaces, ns) {
+			e.namespaces = append(e.namespaces, ns)
+			slices.Sort(e.namespaces)
+		}
+		e.nsMu.Unlock()
 	}
 	e.recv.listen(channels...)
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
@@ -531,6 +552,14 @@ func (e *Exchange) deliver(channel string, payload []byte) {
 		default: // the requester asks again
 		}
 		return
+	case kindControl:
+		if channel == e.names.control() {
+			e.takeControl(env)
+		}
+		return
+	case kindControlReply:
+		e.controlReply(&env)
+		return
 	case kindResend:
 		inner, err := decodeEnvelope(env.body)
 		if err != nil || inner.origin != env.origin || inner.kind != kindBroadcast {
@@ -558,12 +587,14 @@ func (e *Exchange) accept(channel string, env *envelope, repair bool) {
 	var lost []missed
 	switch env.kind {
 	case kindBeat:
-		beats, ok := decodeBeats(env.body)
-		if !ok {
+		info, beats, ok := decodeBeats(env.body)
+		node, infoOK := decodeNodeInfo(env.origin, info, now)
+		if !ok || !infoOK {
 			e.decodeErrors.Add(1)
 			e.rep.report(fmt.Errorf("channel %s: heartbeat: %w", channel, ErrMalformed))
 			return
 		}
+		e.nodes.seen(node)
 		out, lost = e.recv.heartbeat(env.origin, beats, now)
 	case kindVoid:
 		out, lost = e.recv.fill(env.event, env.origin, env.stream, env.seq, env.id, env.flags&flagGone != 0)
@@ -865,6 +896,17 @@ func (e *Exchange) sweeper(done <-chan struct{}) {
 		if now.Sub(lastBeat) >= beatInterval {
 			lastBeat = now
 			e.pipe.pushBeat()
+		}
+		joined, left := e.nodes.expire(now.Add(-NodeExpiry))
+		for _, n := range joined {
+			if e.opts.OnNodeJoin != nil {
+				e.opts.OnNodeJoin(n)
+			}
+		}
+		for _, n := range left {
+			if e.opts.OnNodeLeave != nil {
+				e.opts.OnNodeLeave(n)
+			}
 		}
 		if now.Sub(lastSweep) < sweepInterval {
 			continue

@@ -2,6 +2,7 @@ package scaleout
 
 import (
 	"encoding/binary"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -257,32 +258,32 @@ func ageMillis(d time.Duration) uint64 { return uint64(max(d, 0) / time.Millisec
 // further envelopes.
 const maxBeatBody = 32 << 10
 
-// encodeBeats encodes entries into heartbeat bodies of at most maxBeatBody
-// bytes each (an entry larger than that gets a body of its own).
-func encodeBeats(entries []beat) [][]byte {
-	var bodies [][]byte
-	var b []byte
+// encodeBeats encodes a heartbeat: the node's info, then entries, in
+// bodies of at most maxBeatBody bytes each (every body starts with the
+// info; an entry larger than the bound gets a body of its own).
+func encodeBeats(info []byte, entries []beat) [][]byte {
+	head := appendString(nil, string(info))
+	bodies := [][]byte{slices.Clone(head)}
 	for _, e := range entries {
+		b := bodies[len(bodies)-1]
 		n := 4*binary.MaxVarintLen64 + len(e.channel)
-		if len(b) > 0 && len(b)+n > maxBeatBody {
+		if len(b) > len(head) && len(b)+n > maxBeatBody {
+			b = slices.Clone(head)
 			bodies = append(bodies, b)
-			b = nil
 		}
 		b = appendString(b, e.channel)
 		b = binary.AppendUvarint(b, e.stream)
 		b = binary.AppendUvarint(b, e.seq)
 		b = binary.AppendUvarint(b, e.age)
-	}
-	if len(b) > 0 {
-		bodies = append(bodies, b)
+		bodies[len(bodies)-1] = b
 	}
 	return bodies
 }
 
 // decodeBeats parses a heartbeat body; it reports false for a malformed one.
-func decodeBeats(body []byte) ([]beat, bool) {
+func decodeBeats(body []byte) (info []byte, out []beat, ok bool) {
 	r := reader{b: body}
-	var out []beat
+	info = []byte(r.string())
 	for len(r.b) > 0 && r.err == "" {
 		e := beat{channel: r.string()}
 		e.stream = r.uvarint()
@@ -290,5 +291,5 @@ func decodeBeats(body []byte) ([]beat, bool) {
 		e.age = r.uvarint()
 		out = append(out, e)
 	}
-	return out, r.err == ""
+	return info, out, r.err == ""
 }

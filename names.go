@@ -12,6 +12,7 @@ import (
 //	P.c.<token(connID)>       one per connected client id, by the node holding it
 //	P.node.<nodeID>           one per node: Ask replies
 //	P.hb                      subscribed by every node: heartbeats
+//	P.ctl                     subscribed by every node: cluster requests
 //	P.probe                   subscribed by nobody: a node publishes nothing
 //	                          there once, at start, to learn whether the
 //	                          broker counts receivers
@@ -79,3 +80,4 @@ func (n names) conn(id string) string      { return n.prefix + ".c." + token(id)
 func (n names) node(id string) string      { return n.prefix + ".node." + id }
 func (n names) probe() string              { return n.prefix + ".probe" }
 func (n names) beat() string               { return n.prefix + ".hb" }
+func (n names) control() string            { return n.prefix + ".ctl" }

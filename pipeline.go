@@ -137,20 +137,19 @@ func (p *pipeline) appendLocked(channel string, env *envelope, numbered, beat bo
 	p.length.Add(1)
 }
 
-// pushBeat queues this node's heartbeat (the last numbers of its streams,
-// taken now, so every number it announces was queued before it) unless one
-// is still queued or the queue is full.
+// pushBeat queues this node's heartbeat (its info, and the last numbers
+// of its streams, taken now, so every number it announces was queued before
+// it) unless one is still queued. It is queued even when the queue is
+// full: one at a time, so other nodes keep this one in their node list
+// under load.
 func (p *pipeline) pushBeat() {
+	info := p.e.nodeInfo()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.beatQueued || len(p.queue) >= pipelineCount {
+	if p.closed || p.beatQueued {
 		return
 	}
-	bodies := encodeBeats(p.e.hist.announce(nil))
-	if len(bodies) == 0 {
-		bodies = [][]byte{nil} // a node with nothing to announce still beats
-	}
-	for _, body := range bodies {
+	for _, body := range encodeBeats(info, p.e.hist.announce(nil)) {
 		env := envelope{kind: kindBeat, origin: p.e.node, body: body}
 		p.appendLocked(p.e.names.beat(), &env, false, true)
 	}

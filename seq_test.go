@@ -1,6 +1,7 @@
 package scaleout
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -202,11 +203,29 @@ func TestHistory(t *testing.T) {
 	if len(beats) != 3 {
 		t.Fatalf("beats %+v", beats)
 	}
-	bodies := encodeBeats(beats)
-	if back, ok := decodeBeats(bodies[0]); !ok || len(bodies) != 1 || !slices.Equal(back, beats) {
-		t.Fatalf("beats round trip: %+v %v", back, ok)
+	bodies := encodeBeats([]byte("info"), beats)
+	if info, back, ok := decodeBeats(bodies[0]); !ok || len(bodies) != 1 || !slices.Equal(back, beats) || string(info) != "info" {
+		t.Fatalf("beats round trip: %q %+v %v", info, back, ok)
 	}
-	if _, ok := decodeBeats([]byte{0xff}); ok {
+	many := make([]beat, 5000)
+	for i := range many {
+		many[i] = beat{channel: fmt.Sprintf("channel-%d", i), stream: uint64(i), seq: 7, age: 9}
+	}
+	var back []beat
+	for _, b := range encodeBeats([]byte("info"), many) {
+		if len(b) > maxBeatBody {
+			t.Fatalf("a heartbeat body of %d bytes", len(b))
+		}
+		info, part, ok := decodeBeats(b)
+		if !ok || string(info) != "info" {
+			t.Fatal("a heartbeat part without the node's info")
+		}
+		back = append(back, part...)
+	}
+	if !slices.Equal(back, many) {
+		t.Fatalf("split heartbeats: %d entries back of %d", len(back), len(many))
+	}
+	if _, _, ok := decodeBeats([]byte{0xff}); ok {
 		t.Error("a malformed heartbeat decoded")
 	}
 	// Age: everything goes; idle streams are forgotten, pinned ones kept.

@@ -144,6 +144,20 @@ type Options struct {
 	// RetainBytes bounds the retransmit buffer's bytes, payloads plus 64
 	// per message. Default DefaultRetainBytes (64 MiB).
 	RetainBytes int
+	// Addr is this node's address as other nodes and tools should see it
+	// (Exchange.Nodes); optional, informational.
+	Addr string
+	// OnNodeMessage handles Exchange.Emit and Exchange.Survey from other
+	// nodes: from is the sending node's id; the result is the survey's
+	// reply (ignored for Emit). It runs on one of the engine's 4 control
+	// goroutines, never under an engine lock; a slow handler delays other
+	// nodes' requests to this node (up to 256 wait; more are dropped and
+	// their askers see this node as not answering).
+	OnNodeMessage func(from, event string, body []byte) ([]byte, error)
+	// OnNodeJoin and OnNodeLeave, when set, are called when a node's first
+	// heartbeat arrives and when it has sent none for NodeExpiry, on the
+	// engine's timer goroutine (keep them short: repair requests wait).
+	OnNodeJoin, OnNodeLeave func(Node)
 }
 
 // Stats is a snapshot of an Exchange's counters since it was created.
