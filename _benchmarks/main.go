@@ -110,7 +110,7 @@ type Result struct {
 
 	BrokerConnsPerNode float64 `json:"broker_conns_per_node"`
 	BrokerSubsPerNode  float64 `json:"broker_subs_per_node"`
-	InspectorConns     int     `json:"inspector_conns,omitempty"` // ours: scaleout.Inspector over all nodes
+	InspectorConns     int     `json:"inspector_conns,omitempty"` // ours: BrokerConns summed over all nodes
 	BrokerConnsAfter   float64 `json:"broker_conns_per_node_after_leave"`
 
 	GoroutinesPerClient float64 `json:"goroutines_per_client"`

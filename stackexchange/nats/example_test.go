@@ -41,9 +41,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println(exc.ChannelOf("chat"))
-	fmt.Println(exc.Stats().Subscriptions) // "chat" and this node's own subject
+	fmt.Println(exc.Stats().Subscriptions) // "myapp.ns.chat" and this node's own subject
 	// Output:
-	// myapp.ns.chat
 	// 2
 }

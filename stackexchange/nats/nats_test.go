@@ -311,7 +311,7 @@ func TestConnNotClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exc, err := nats.NewStackExchangeConn(nc, scaleout.Options{Prefix: uniquePrefix()})
+	exc, err := nats.NewStackExchangeConn(nc, uniquePrefix(), scaleout.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestConnNotClosed(t *testing.T) {
 	if _, err := mine.NextMsg(5 * time.Second); err != nil {
 		t.Fatalf("user's subscription after the exchange closed: %v", err)
 	}
-	if _, err := nats.NewStackExchangeConn(nil, scaleout.Options{}); err == nil {
+	if _, err := nats.NewStackExchangeConn(nil, "", scaleout.Options{}); err == nil {
 		t.Error("nil connection accepted")
 	}
 }
@@ -349,7 +349,7 @@ func TestSubjectPrefixAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := exc.SubjectPrefix + ".ns.chat"
-	if got := exc.ChannelOf("chat"); got != want {
+	if got := nats.Engine(exc).ChannelOf("chat"); got != want {
 		t.Errorf("ChannelOf = %q, want %q", got, want)
 	}
 	// Same prefix: a second server may use the exchange too.
@@ -357,8 +357,8 @@ func TestSubjectPrefixAfterStart(t *testing.T) {
 		t.Errorf("second Init with the same prefix: %v", err)
 	}
 	exc.SubjectPrefix = "other"
-	if err := exc.Init(serverNamespaces("chat")); err == nil {
-		t.Error("Init after a SubjectPrefix change on a started exchange returned no error")
+	if err := exc.Init(serverNamespaces("chat")); !errors.Is(err, scaleout.ErrInvalidConfig) {
+		t.Errorf("Init after a SubjectPrefix change on a started exchange: err = %v, want scaleout.ErrInvalidConfig", err)
 	}
 }
 
@@ -376,7 +376,7 @@ func TestMaxPayload(t *testing.T) {
 		}
 		t.Cleanup(nc.Close)
 		conns[i] = nc
-		opts := scaleout.Options{Prefix: prefix}
+		var opts scaleout.Options
 		if i == 0 {
 			opts.ErrorHandler = func(err error) {
 				select {
@@ -385,7 +385,7 @@ func TestMaxPayload(t *testing.T) {
 				}
 			}
 		}
-		exc, err := nats.NewStackExchangeConn(nc, opts)
+		exc, err := nats.NewStackExchangeConn(nc, prefix, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -469,7 +469,7 @@ func testIsolation(t *testing.T, url string, names []string) {
 	pub := startNode(t, newExchange(t, url, "", prefix), serverNamespaces(names...))
 	seen := map[string]string{}
 	for _, n := range names {
-		ch := pub.exc.ChannelOf(n)
+		ch := nats.Engine(pub.exc).ChannelOf(n)
 		if prev, dup := seen[ch]; dup {
 			t.Fatalf("names %q and %q share channel %q", prev, n, ch)
 		}
@@ -589,7 +589,7 @@ func TestAsk(t *testing.T) {
 	}
 }
 
-func TestInspector(t *testing.T) {
+func TestBrokerCounts(t *testing.T) {
 	url, monitor := natsURL(t)
 	if monitor == "" {
 		t.Skip("NATS_URL set without NATS_MONITOR_URL: no monitoring endpoint to ask")
@@ -642,7 +642,7 @@ func TestConnName(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	exc, err := nats.NewStackExchangeConn(nc, scaleout.Options{Prefix: uniquePrefix()})
+	exc, err := nats.NewStackExchangeConn(nc, uniquePrefix(), scaleout.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -677,20 +677,11 @@ func factory(url, monitor string, options ...natsgo.Option) stackexchangetest.Fa
 			exc.MonitorURL = monitor
 			return exc
 		}
-		// The drop-in constructor takes no engine options: the rule's go
-		// through NewStackExchangeConn, on a connection set up as
-		// NewStackExchange sets up its own, closed after the exchange.
-		base := []natsgo.Option{natsgo.NoEcho(), natsgo.MaxReconnects(-1), natsgo.FlusherTimeout(time.Second), natsgo.Name("scaleout-" + uniquePrefix())}
-		nc, err := natsgo.Connect(url, append(base, options...)...)
+		exc, err := nats.NewStackExchangeOptions(url, opts, options...)
 		if err != nil {
-			t.Fatalf("connect to NATS: %v", err)
+			t.Fatalf("NewStackExchangeOptions: %v", err)
 		}
-		t.Cleanup(nc.Close) // before the suite's: runs after the exchange's Close
-		opts.Prefix = channel
-		exc, err := nats.NewStackExchangeConn(nc, opts)
-		if err != nil {
-			t.Fatalf("NewStackExchangeConn: %v", err)
-		}
+		exc.SubjectPrefix = channel
 		exc.MonitorURL = monitor
 		return exc
 	}

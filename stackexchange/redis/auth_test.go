@@ -86,14 +86,11 @@ func TestAuthACLUser(t *testing.T) {
 		before := runtime.NumGoroutine()
 		var mu sync.Mutex
 		var reported []error
-		c := cfg
-		c.SubscribeTimeout = 500 * time.Millisecond
-		c.ErrorHandler = func(err error) {
+		exc, err := redis.NewStackExchangeOptions(cfg, "otherapp", scaleout.Options{SubscribeTimeout: 500 * time.Millisecond, ErrorHandler: func(err error) {
 			mu.Lock()
 			reported = append(reported, err)
 			mu.Unlock()
-		}
-		exc, err := redis.NewStackExchange(c, "otherapp")
+		}})
 		if err != nil {
 			t.Fatalf("NewStackExchange: %v", err)
 		}

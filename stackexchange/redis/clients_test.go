@@ -43,7 +43,7 @@ func TestUnsupportedClients(t *testing.T) {
 		{"NilClient", (*goredis.Client)(nil)},
 		{"Nil", nil},
 	} {
-		exc, err := redis.NewStackExchangeClient(tc.client, scaleout.Options{Prefix: testChannel(t)})
+		exc, err := redis.NewStackExchangeClient(tc.client, testChannel(t), scaleout.Options{})
 		if err == nil {
 			exc.Close()
 			t.Errorf("%s: NewStackExchangeClient accepted it", tc.name)
@@ -82,7 +82,7 @@ func TestBrokerStartAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exc := scaleout.New(b2, scaleout.Options{})
+	exc := scaleout.New(b2, "", scaleout.Options{})
 	done := make(chan error, 1)
 	go func() { done <- exc.Close() }()
 	select {
@@ -131,7 +131,7 @@ func TestGoRedisLogs(t *testing.T) {
 
 	var mu sync.Mutex
 	var lines []string
-	exc, err := redis.NewStackExchange(redis.Config{Addr: r.Addr, DialTimeout: time.Second, Options: scaleout.Options{
+	exc, err := redis.NewStackExchangeOptions(redis.Config{Addr: r.Addr, DialTimeout: time.Second}, testChannel(t), scaleout.Options{
 		ErrorHandler: func(err error) {
 			if errors.Is(err, redis.ErrGoRedisLog) {
 				mu.Lock()
@@ -139,7 +139,7 @@ func TestGoRedisLogs(t *testing.T) {
 				mu.Unlock()
 			}
 		},
-	}}, testChannel(t))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,13 +247,13 @@ func TestParseSlots(t *testing.T) {
 func TestGoRedisLogRouting(t *testing.T) {
 	addr := needRedis(t)
 	got := make(chan error, 16)
-	exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: scaleout.Options{
+	exc, err := redis.NewStackExchangeOptions(redis.Config{Addr: addr}, testChannel(t), scaleout.Options{
 		ErrorHandler: func(err error) {
 			if errors.Is(err, redis.ErrGoRedisLog) {
 				got <- err
 			}
 		},
-	}}, testChannel(t))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -236,11 +236,10 @@ func TestFailoverClusterMaster(t *testing.T) {
 	channel := testChannel(t)
 	nodes, clients := threeNodes(t, func(onErr func(error)) (engineExchange, error) {
 		cfg := cfg
-		cfg.ErrorHandler = onErr
-		return redis.NewStackExchange(cfg, channel)
+		return redis.NewStackExchangeOptions(cfg, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 	victim, held := busiestMaster(t, c)
-	nsMaster, err := c.Master(nodes[0].exc.ChannelOf(hns))
+	nsMaster, err := c.Master(nodes[0].eng.ChannelOf(hns))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,8 +304,7 @@ func TestFailoverSentinelMaster(t *testing.T) {
 	channel := testChannel(t)
 	nodes, clients := threeNodes(t, func(onErr func(error)) (engineExchange, error) {
 		cfg := cfg
-		cfg.ErrorHandler = onErr
-		return redis.NewStackExchange(cfg, channel)
+		return redis.NewStackExchangeOptions(cfg, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 	master, err := s.Master()
 	if err != nil {
@@ -340,7 +338,7 @@ func TestFailoverShard(t *testing.T) {
 	addrs := addrsOf(shards)
 	channel := testChannel(t)
 	nodes, clients := threeNodes(t, func(onErr func(error)) (engineExchange, error) {
-		return newSharded(t, scaleout.Options{Prefix: channel, ErrorHandler: onErr}, addrs...), nil
+		return newSharded(t, channel, scaleout.Options{ErrorHandler: onErr}, addrs...), nil
 	})
 	// Where each channel lives: the shard whose server counts subscribers.
 	home := func(ch string) int {
@@ -358,7 +356,7 @@ func TestFailoverShard(t *testing.T) {
 		}
 		return -1
 	}
-	nsShard := home(nodes[0].exc.ChannelOf(hns))
+	nsShard := home(nodes[0].eng.ChannelOf(hns))
 	if nsShard < 0 {
 		t.Fatal("no shard holds the namespace channel")
 	}

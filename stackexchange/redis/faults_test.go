@@ -92,7 +92,7 @@ func runOutage(t *testing.T, o outageScenario) {
 	deliverAll(t, a, "healthy-A", 10*time.Second, a1, b1)
 	deliverAll(t, b, "healthy-B", 10*time.Second, a1, b1)
 	if got, ok := waitSubscribed(raw, map[string]int64{
-		a.exc.ChannelOf(hns): 2, a.nodeChannel(): 1, b.nodeChannel(): 1,
+		a.eng.ChannelOf(hns): 2, a.nodeChannel(): 1, b.nodeChannel(): 1,
 		a.connChannel(a1.id): 1, b.connChannel(b1.id): 1,
 	}, 10*time.Second); !ok {
 		t.Fatalf("before the outage: subscribers %v", got)
@@ -234,7 +234,7 @@ func runOutage(t *testing.T, o outageScenario) {
 	t.Logf("cross-node delivery resumed %v after the broker came back", recovered.Round(time.Millisecond))
 
 	want := map[string]int64{
-		a.exc.ChannelOf(hns): 2, a.nodeChannel(): 1, b.nodeChannel(): 1,
+		a.eng.ChannelOf(hns): 2, a.nodeChannel(): 1, b.nodeChannel(): 1,
 		a.connChannel(a1.id): 1, a.connChannel(a2.id): 1, b.connChannel(b1.id): 1,
 	}
 	if got, ok := waitSubscribed(raw, want, 10*time.Second); !ok {

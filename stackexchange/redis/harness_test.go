@@ -98,6 +98,7 @@ func (x *timedExchange) publishCalls() []pubCall {
 type hnode struct {
 	name      string
 	exc       *timedExchange
+	eng       *scaleout.Exchange // under exc
 	srv       *neffos.Server
 	url       string
 	prefix    string       // the exchange's channel prefix
@@ -109,16 +110,22 @@ type hnode struct {
 // *redis.StackExchange, or a *scaleout.Exchange built on redis.NewBroker.
 type engineExchange interface {
 	scaleout.StackExchange
-	ChannelOf(namespace string) string
-	NodeID() string
 	BrokerConns(ctx context.Context) (int, error)
+}
+
+// engineOf returns the engine under exc, whose ChannelOf and NodeID name
+// the node's channels.
+func engineOf(exc engineExchange) *scaleout.Exchange {
+	if s, ok := exc.(*redis.StackExchange); ok {
+		return redis.Engine(s)
+	}
+	return exc.(*scaleout.Exchange)
 }
 
 func startNode(t *testing.T, name string, cfg redis.Config, channel string) *hnode {
 	t.Helper()
 	return startNodeWith(t, name, func(onErr func(error)) (engineExchange, error) {
-		cfg.ErrorHandler = onErr
-		return redis.NewStackExchange(cfg, channel)
+		return redis.NewStackExchangeOptions(cfg, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 }
 
@@ -137,7 +144,8 @@ func startNodeWith(t *testing.T, name string, build func(onErr func(error)) (eng
 		t.Fatalf("node %s: building the exchange: %v", name, err)
 	}
 	n.exc = &timedExchange{engineExchange: exc}
-	n.prefix = strings.TrimSuffix(exc.ChannelOf("x"), ".ns.x")
+	n.eng = engineOf(exc)
+	n.prefix = strings.TrimSuffix(n.eng.ChannelOf("x"), ".ns.x")
 	n.srv = neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{hns: neffos.Events{}})
 	if err := n.srv.UseStackExchange(n.exc); err != nil {
 		_ = exc.Close()
@@ -152,7 +160,7 @@ func startNodeWith(t *testing.T, name string, build func(onErr func(error)) (eng
 }
 
 // nodeChannel is the node's own channel (Ask replies).
-func (n *hnode) nodeChannel() string { return n.prefix + ".node." + n.exc.NodeID() }
+func (n *hnode) nodeChannel() string { return n.prefix + ".node." + n.eng.NodeID() }
 
 // connChannel is the channel of a client id (neffos ids are UUIDs, which
 // the channel names keep as they are).

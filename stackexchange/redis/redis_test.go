@@ -72,7 +72,7 @@ func needRedis(t testing.TB) string {
 func factoryAt(addr string) stackexchangetest.Factory {
 	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		t.Helper()
-		exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: opts}, channel)
+		exc, err := redis.NewStackExchangeOptions(redis.Config{Addr: addr}, channel, opts)
 		if err != nil {
 			t.Fatalf("NewStackExchange: %v", err)
 		}
@@ -111,7 +111,7 @@ func TestUnreachable(t *testing.T) {
 func TestUserClientIsNotClosed(t *testing.T) {
 	client := goredis.NewClient(&goredis.Options{Addr: needRedis(t)})
 	defer client.Close()
-	exc, err := redis.NewStackExchangeClient(client, scaleout.Options{Prefix: "userclient"})
+	exc, err := redis.NewStackExchangeClient(client, "userclient", scaleout.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -138,9 +138,7 @@ func sentinelConfig(s *brokertest.RedisSentinel) redis.Config {
 func configFactory(cfg redis.Config) stackexchangetest.Factory {
 	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		t.Helper()
-		c := cfg
-		c.Options = opts
-		exc, err := redis.NewStackExchange(c, channel)
+		exc, err := redis.NewStackExchangeOptions(cfg, channel, opts)
 		if err != nil {
 			t.Fatalf("NewStackExchange: %v", err)
 		}
@@ -151,7 +149,7 @@ func configFactory(cfg redis.Config) stackexchangetest.Factory {
 // newSharded returns an engine over one redis.NewBroker per address,
 // through scaleout.Sharded; the clients close when the test ends (the
 // brokers never close a user's client).
-func newSharded(t testing.TB, opts scaleout.Options, addrs ...string) *scaleout.Exchange {
+func newSharded(t testing.TB, channel string, opts scaleout.Options, addrs ...string) *scaleout.Exchange {
 	t.Helper()
 	shards := make([]scaleout.Broker, len(addrs))
 	for i, addr := range addrs {
@@ -164,14 +162,13 @@ func newSharded(t testing.TB, opts scaleout.Options, addrs ...string) *scaleout.
 		}
 		shards[i] = b
 	}
-	return scaleout.New(scaleout.Sharded(shards...), opts)
+	return scaleout.New(scaleout.Sharded(shards...), channel, opts)
 }
 
 func shardedFactory(addrs ...string) stackexchangetest.Factory {
 	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		t.Helper()
-		opts.Prefix = channel
-		return newSharded(t, opts, addrs...)
+		return newSharded(t, channel, opts, addrs...)
 	}
 }
 
@@ -220,7 +217,7 @@ func TestUserClusterClient(t *testing.T) {
 	c := sharedCluster(t)
 	plain := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: c.Addrs(), MaxRetries: -1})
 	defer plain.Close()
-	exc, err := redis.NewStackExchangeClient(plain, scaleout.Options{Prefix: testChannel(t)})
+	exc, err := redis.NewStackExchangeClient(plain, testChannel(t), scaleout.Options{})
 	if err == nil {
 		exc.Close()
 		t.Log("go-redis v8 read Redis's CLUSTER SLOTS by itself (not Redis 7?)")
@@ -234,7 +231,7 @@ func TestUserClusterClient(t *testing.T) {
 	defer client.Close()
 	channel := testChannel(t)
 	crossCheck(t, func(onErr func(error)) (engineExchange, error) {
-		return redis.NewStackExchangeClient(client, scaleout.Options{Prefix: channel, ErrorHandler: onErr})
+		return redis.NewStackExchangeClient(client, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 }
 
@@ -247,6 +244,6 @@ func TestUserFailoverClient(t *testing.T) {
 	defer client.Close()
 	channel := testChannel(t)
 	crossCheck(t, func(onErr func(error)) (engineExchange, error) {
-		return redis.NewStackExchangeClient(client, scaleout.Options{Prefix: channel, ErrorHandler: onErr})
+		return redis.NewStackExchangeClient(client, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 }

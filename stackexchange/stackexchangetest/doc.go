@@ -22,7 +22,8 @@
 // resources released on disconnect; 500 fresh clients that each get a
 // broadcast sent the moment their Connect returned; and with 300 clients on
 // 3 nodes, at most 3 broker connections per node and one namespace
-// subscription per node (when the exchange implements scaleout.Inspector);
+// subscription per node (when the exchange has the BrokerConns and NamespaceSubscribers methods
+// of scaleout.Exchange);
 // broadcasts from neffos's leave handlers, slow error handlers, a restarted
 // node. RunFaults and RunRedundancyFaults add the rules that kill broker
 // processes the test owns.

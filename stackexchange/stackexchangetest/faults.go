@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/kataras/neffos"
-
-	"github.com/neffos-contrib/scaleout"
 )
 
 // Process is a broker server process that a fault rule may kill and start
@@ -231,11 +229,11 @@ func testKillRestart(t *testing.T, ps []Process, f Factory) {
 
 // resubscribed reports whether every node subscribes the namespace's
 // channel on the broker again, as far as the exchanges can tell
-// (scaleout.Inspector); without an Inspector it reports true.
+// (BrokerConns and NamespaceSubscribers); without them it reports true.
 func resubscribed(t *testing.T, cl *cluster) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	in, ok := cl.nodes[0].exc.(scaleout.Inspector)
+	in, ok := cl.nodes[0].exc.(inspector)
 	if !ok {
 		return true
 	}
