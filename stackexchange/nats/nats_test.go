@@ -336,8 +336,12 @@ func TestConnNotClosed(t *testing.T) {
 	if _, err := mine.NextMsg(5 * time.Second); err != nil {
 		t.Fatalf("user's subscription after the exchange closed: %v", err)
 	}
-	if _, err := nats.NewStackExchangeConn(nil, "", scaleout.Options{}); err == nil {
-		t.Error("nil connection accepted")
+	if _, err := nats.NewStackExchangeConn(nil, "", scaleout.Options{}); !errors.Is(err, scaleout.ErrInvalidConfig) {
+		t.Errorf("nil connection: err = %v, want scaleout.ErrInvalidConfig", err)
+	}
+	failing := func(*natsgo.Options) error { return errors.New("no such option") }
+	if _, err := nats.NewStackExchange(url, failing); !errors.Is(err, scaleout.ErrInvalidConfig) {
+		t.Errorf("failing nats.Option: err = %v, want scaleout.ErrInvalidConfig", err)
 	}
 }
 
@@ -410,8 +414,8 @@ func TestMaxPayload(t *testing.T) {
 			t.Fatal("ErrorHandler never got ErrPayloadTooLarge")
 		}
 	}
-	if !errors.Is(got, scaleout.ErrPublish) {
-		t.Errorf("reported error %v does not wrap scaleout.ErrPublish", got)
+	if !errors.Is(got, scaleout.ErrPublish) || !errors.Is(got, scaleout.ErrRejected) {
+		t.Errorf("reported error %v does not wrap scaleout.ErrPublish and scaleout.ErrRejected", got)
 	}
 	if !recs[0].wait(big, 10*time.Second) {
 		t.Error("the publishing node's own client did not get the large message")
