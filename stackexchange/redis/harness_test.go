@@ -244,22 +244,6 @@ func (c *hclient) received() int {
 	return c.total
 }
 
-// countPrefix returns how many distinct bodies starting with prefix c got,
-// and how many of them more than once.
-func (c *hclient) countPrefix(prefix string) (distinct, dup int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for b, n := range c.got {
-		if strings.HasPrefix(b, prefix) {
-			distinct++
-			if n > 1 {
-				dup++
-			}
-		}
-	}
-	return distinct, dup
-}
-
 // waitFor waits until cond holds, re-checking whenever c records a
 // message, at most d.
 func (c *hclient) waitFor(d time.Duration, cond func() bool) bool {

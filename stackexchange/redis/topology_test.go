@@ -17,7 +17,7 @@ import (
 	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
 )
 
-// Distributed Redis topologies (issue 11), each started by the test as
+// Distributed Redis topologies, each started by the test as
 // real processes on loopback ports: a Redis Cluster of 3 masters and 3
 // replicas, Sentinel (1 master, 1 replica, 3 sentinels), and 3 independent
 // redis-servers sharded by channel (scaleout.Sharded).

@@ -22,6 +22,11 @@ type Process interface {
 	Kill() error
 	// Restart starts it again on the same address.
 	Restart() error
+	// Pause stops the process without closing its sockets (SIGSTOP):
+	// connections stay open and nobody answers.
+	Pause() error
+	// Resume continues a paused process (SIGCONT).
+	Resume() error
 }
 
 // FaultFactory starts the broker processes of a test's own and returns
@@ -33,10 +38,24 @@ type FaultFactory func(t *testing.T) ([]Process, Factory)
 // RunFaults checks the rules that take a broker down, against the
 // exchanges f builds on broker processes of their own. Each rule is a named
 // subtest with a watchdog, like Run's.
+//
+// Rules Fault/Kill, Fault/Pause and Fault/PauseUnderLoad take the first
+// process away (SIGKILL then a restart 3 s later; SIGSTOP then SIGCONT 5 s
+// later, with 1-byte and with 16 KB messages) while two nodes publish, and
+// check what testOutage lists: Publish bounded and false during the
+// outage, local clients (old and new) served, recovery by itself, no
+// duplicate, no goroutine left behind.
 func RunFaults(t *testing.T, f FaultFactory) {
 	runFaults(t, f, 1, []faultRule{
 		{"Fault/KillRestart/NothingLostAfterReturn", testKillRestart},
+		{"Fault/Kill/ServedLocallyRecovers", outageRule(outageKill)},
+		{"Fault/Pause/ServedLocallyRecovers", outageRule(outagePause)},
+		{"Fault/PauseUnderLoad/ServedLocallyRecovers", outageRule(outagePauseLoad)},
 	})
+}
+
+func outageRule(o outage) func(*testing.T, []Process, Factory) {
+	return func(t *testing.T, ps []Process, f Factory) { testOutage(t, ps, f, o) }
 }
 
 // RunRedundancyFaults checks the rules of an exchange over several brokers
