@@ -300,14 +300,7 @@ func (r *runner) runOne(ex string, n, rep int) (res *Result) {
 		res.Seconds = time.Since(start).Seconds()
 	}()
 
-	var b *proc
-	var err error
-	switch {
-	case needsRedis(ex):
-		b, err = startRedis()
-	case needsNATS(ex):
-		b, err = startNATS()
-	}
+	b, err := startBroker(ex)
 	if err != nil {
 		res.Error = err.Error()
 		return res

@@ -427,15 +427,18 @@ func (b *broker) ping(ctx context.Context) error {
 	return b.cluster.publish(ctx, "", nil, true)
 }
 
+// Close implements scaleout.Broker: it stops the receive loop, closes the
+// pub/sub connection and, when the broker opened it, the client. Later
+// calls do nothing.
 func (b *broker) Close() error {
 	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
-	}
+	already := b.closed
 	b.closed = true
 	ps := b.ps
 	b.mu.Unlock()
+	if already {
+		return nil
+	}
 	removeSink(b)
 	b.cancel()
 	var err error

@@ -21,6 +21,7 @@ import (
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/brokertest"
 	"github.com/neffos-contrib/scaleout/internal/neffostest"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
 
@@ -45,18 +46,8 @@ func ownRedis(t *testing.T, extra ...string) *brokertest.Redis {
 	return r
 }
 
-var hchannelSeq atomic.Int64
-
 // testChannel is a channel prefix unique to this test.
-func testChannel(t *testing.T) string {
-	name := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return '-'
-	}, t.Name())
-	return fmt.Sprintf("%s-%d-%d", name, time.Now().UnixNano()%1e6, hchannelSeq.Add(1))
-}
+func testChannel(t *testing.T) string { return testkit.Name(t, "") }
 
 // pubCall is one Publish neffos made on a node's exchange.
 type pubCall struct {
@@ -289,18 +280,7 @@ func barrier(t *testing.T, tag string, nodes []*hnode, clients ...*hclient) {
 }
 
 // waitUntil polls cond until it holds or d passes.
-func waitUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
+func waitUntil(d time.Duration, cond func() bool) bool { return testkit.Until(d, cond) }
 
 // waitGoroutines waits until at most max goroutines run, at most d. It
 // returns the last count.
@@ -368,11 +348,5 @@ func waitSubscribed(raw *goredis.Client, want map[string]int64, d time.Duration)
 
 // watchdog panics with every goroutine's stack when the test hangs.
 func watchdog(t *testing.T, d time.Duration) {
-	name := t.Name()
-	timer := time.AfterFunc(d, func() {
-		var buf bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
-		panic(fmt.Sprintf("%s did not finish in %v\n%s", name, d, buf.String()))
-	})
-	t.Cleanup(func() { timer.Stop() })
+	testkit.Watchdog(t, d, fmt.Sprintf("%s did not finish in %v", t.Name(), d))
 }

@@ -44,13 +44,16 @@ type FaultFactory func(t *testing.T) ([]Process, Factory)
 // later, with 1-byte and with 16 KB messages) while two nodes publish, and
 // check what testOutage lists: Publish bounded and false during the
 // outage, local clients (old and new) served, recovery by itself, no
-// duplicate, no goroutine left behind.
+// duplicate, no goroutine left behind. Rule Fault/Kill/CloseReturns kills
+// the broker under a started exchange: Close must return within 10 s and
+// leave no goroutine.
 func RunFaults(t *testing.T, f FaultFactory) {
 	runFaults(t, f, 1, []faultRule{
 		{"Fault/KillRestart/NothingLostAfterReturn", testKillRestart},
 		{"Fault/Kill/ServedLocallyRecovers", outageRule(outageKill)},
 		{"Fault/Pause/ServedLocallyRecovers", outageRule(outagePause)},
 		{"Fault/PauseUnderLoad/ServedLocallyRecovers", outageRule(outagePauseLoad)},
+		{"Fault/Kill/CloseReturns", testCloseBrokerDown},
 	})
 }
 

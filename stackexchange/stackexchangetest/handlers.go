@@ -46,20 +46,14 @@ func testXLeft(t *testing.T, f Factory) {
 	const broadcastEvery, maxBroadcasts = 5 * time.Millisecond, 30000
 	cl := newCluster(t, f, Nodes, []string{nsXLeft}, false)
 	g := dialOpts{guard: t}
-	var watchers []*client
-	for i := range cl.nodes {
-		for j := 0; j < watchersPerNode; j++ {
-			c, err := cl.dialWith(fmt.Sprintf("watcher%d.%d", i, j), i, g, nsXLeft)
-			if err != nil {
-				t.Fatalf("%s: dial watcher: %v", rule, err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			guard(t, "JoinRoom "+c.name, func() { _, err = c.join(ctx, nsXLeft, roomWatch) })
-			cancel()
-			if err != nil {
-				t.Fatalf("%s: watcher joins %q: %v", rule, roomWatch, err)
-			}
-			watchers = append(watchers, c)
+	watchers := spreadGuarded(t, cl, rule, "watcher", watchersPerNode, nsXLeft)
+	for _, c := range watchers {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		guard(t, "JoinRoom "+c.name, func() { _, err = c.join(ctx, nsXLeft, roomWatch) })
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: watcher joins %q: %v", rule, roomWatch, err)
 		}
 	}
 
@@ -278,16 +272,7 @@ func testSlowErrorHandler(t *testing.T, f Factory) {
 	}
 	cl := newClusterOpts(t, f, Nodes, []string{ns}, false, opts)
 	g := dialOpts{guard: t}
-	var healthy []*client
-	for i := range cl.nodes {
-		for j := 0; j < healthyPerNode; j++ {
-			c, err := cl.dialWith(fmt.Sprintf("healthy%d.%d", i, j), i, g, ns)
-			if err != nil {
-				t.Fatalf("%s: dial: %v", rule, err)
-			}
-			healthy = append(healthy, c)
-		}
-	}
+	healthy := spreadGuarded(t, cl, rule, "healthy", healthyPerNode, ns)
 	var slow []*client
 	for i := range cl.nodes {
 		o := g
@@ -419,4 +404,22 @@ func (w sleepyWriter) Write(p []byte) (int, error) {
 	time.Sleep(w.d)
 	w.n.Add(1)
 	return len(p), nil
+}
+
+// spreadGuarded dials perNode clients named "<name><node>.<n>" to every
+// node on namespace, each neffos call under guard, and fails rule when one
+// cannot connect.
+func spreadGuarded(t *testing.T, cl *cluster, rule, name string, perNode int, namespace string) []*client {
+	t.Helper()
+	var cs []*client
+	for i := range cl.nodes {
+		for j := 0; j < perNode; j++ {
+			c, err := cl.dialWith(fmt.Sprintf("%s%d.%d", name, i, j), i, dialOpts{guard: t}, namespace)
+			if err != nil {
+				t.Fatalf("%s: dial %s: %v", rule, name, err)
+			}
+			cs = append(cs, c)
+		}
+	}
+	return cs
 }

@@ -266,3 +266,33 @@ func testOutage(t *testing.T, ps []Process, f Factory, o outage) {
 		t.Errorf("%d goroutines after the outage, %d before it", now, before)
 	}
 }
+
+// testCloseBrokerDown: Close of a started exchange whose broker was killed
+// returns within 10 s, and leaves no goroutine behind; a second Close too.
+func testCloseBrokerDown(t *testing.T, ps []Process, f Factory) {
+	before := runtime.NumGoroutine()
+	exc := f(t, uniqueChannel(t), scaleout.Options{})
+	closer, ok := exc.(interface{ Close() error })
+	if !ok {
+		t.Skip("the exchange has no Close() error method")
+	}
+	if in, ok := exc.(neffos.StackExchangeInitializer); ok {
+		if err := in.Init(neffos.Namespaces{ns: nil}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	killAll(t, ps[0])
+	exc.Publish([]neffos.Message{{Namespace: ns, Event: evMsg}}) // fails: the broker is gone
+	done := make(chan error, 1)
+	go func() { done <- closer.Close() }()
+	select {
+	case <-done: // an error from closing a dead connection is fine
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close blocked with the broker down")
+	}
+	_ = closer.Close()
+	var now int
+	if !waitUntil(10*time.Second, func() bool { now = runtime.NumGoroutine(); return now <= before }) {
+		t.Errorf("goroutines: %d before the exchange, %d after Close with the broker down", before, now)
+	}
+}
