@@ -845,12 +845,5 @@ func TestDropIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	exc.SubjectPrefix = "MyChatApp"
-	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"default": neffos.Events{}})
-	if err := server.UseStackExchange(exc); err != nil {
-		t.Fatal(err)
-	}
-	server.Close()
-	if err := exc.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stackexchangetest.UseAndClose(t, exc)
 }

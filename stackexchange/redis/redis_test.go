@@ -10,7 +10,6 @@ import (
 
 	goredis "github.com/go-redis/redis/v8"
 	"github.com/kataras/neffos"
-	"github.com/kataras/neffos/gorilla"
 	"go.uber.org/goleak"
 
 	"github.com/neffos-contrib/scaleout"
@@ -146,12 +145,5 @@ func TestDropIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"default": neffos.Events{}})
-	if err := server.UseStackExchange(exc); err != nil {
-		t.Fatal(err)
-	}
-	server.Close()
-	if err := exc.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stackexchangetest.UseAndClose(t, exc)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kataras/neffos"
+	"github.com/kataras/neffos/gorilla"
 
 	"github.com/neffos-contrib/scaleout"
 )
@@ -83,6 +84,24 @@ func testErrorSentinels(t *testing.T, f Factory) {
 	for _, err := range reported {
 		if !WrapsSentinel(err) {
 			t.Errorf("reported error %q wraps no scaleout sentinel", err)
+		}
+	}
+}
+
+// UseAndClose registers exc the way neffos's documentation shows
+// (server.UseStackExchange right after neffos.New), closes the server,
+// then the exchange when it has a Close() error method, and fails t on any
+// error: for adapters' tests of their drop-in constructors.
+func UseAndClose(t testing.TB, exc neffos.StackExchange) {
+	t.Helper()
+	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"default": neffos.Events{}})
+	if err := server.UseStackExchange(exc); err != nil {
+		t.Fatal(err)
+	}
+	server.Close()
+	if c, ok := exc.(interface{ Close() error }); ok {
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -125,25 +125,9 @@ func testXLeft(t *testing.T, f Factory) {
 			fail(fmt.Errorf("%s: leave: %w", name, err))
 		}
 	}
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				cycle(i)
-			}
-		}()
-	}
 	start := time.Now()
 	deadline := start.Add(bound)
-	done := 0
-	for ; done < cycles && time.Now().Before(deadline); done++ {
-		next <- done
-	}
-	close(next)
-	wg.Wait()
+	done := runParallel(parallel, func(i int) bool { return i < cycles && time.Now().Before(deadline) }, cycle)
 	close(stop)
 	bwg.Wait()
 	t.Logf("%d connect/join/leave cycles in %v; broadcasts per node: %v", done, time.Since(start).Round(time.Millisecond), sent)
@@ -322,34 +306,21 @@ func testSlowErrorHandler(t *testing.T, f Factory) {
 		failures int
 		firstErr error
 	)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				c, err := cl.dialWith(fmt.Sprintf("storm%d", i), i%Nodes, g, ns)
-				dialed.Add(1)
-				if err != nil {
-					failMu.Lock()
-					failures++
-					if firstErr == nil {
-						firstErr = err
-					}
-					failMu.Unlock()
-					continue
-				}
-				stormers[i] = c
-			}
-		}()
-	}
 	start := time.Now()
-	for i := 0; i < storm; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	runParallel(parallel, func(i int) bool { return i < storm }, func(i int) {
+		c, err := cl.dialWith(fmt.Sprintf("storm%d", i), i%Nodes, g, ns)
+		dialed.Add(1)
+		if err != nil {
+			failMu.Lock()
+			failures++
+			if firstErr == nil {
+				firstErr = err
+			}
+			failMu.Unlock()
+			return
+		}
+		stormers[i] = c
+	})
 	t.Logf("%d clients connected in %v", storm-failures, time.Since(start).Round(time.Millisecond))
 	bg.Wait()
 	if failures > 0 {
@@ -422,4 +393,28 @@ func spreadGuarded(t *testing.T, cl *cluster, rule, name string, perNode int, na
 		}
 	}
 	return cs
+}
+
+// runParallel calls fn(0), fn(1), ... on workers goroutines, as long as
+// more(i) holds for the next i, and returns how many it called once they
+// all returned.
+func runParallel(workers int, more func(i int) bool, fn func(i int)) int {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				fn(i)
+			}
+		}()
+	}
+	n := 0
+	for ; more(n); n++ {
+		next <- n
+	}
+	close(next)
+	wg.Wait()
+	return n
 }
