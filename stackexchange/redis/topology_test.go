@@ -23,41 +23,40 @@ import (
 // redis-servers sharded by channel (scaleout.Sharded).
 
 // ownCluster starts a 3-master, 3-replica Redis Cluster for this test.
-func ownCluster(t *testing.T) *brokertest.RedisCluster {
+func ownCluster(t *testing.T) *brokertest.RedisCluster { return own(t, startCluster) }
+
+// ownSentinel starts 1 master, 1 replica and 3 sentinels for this test.
+func ownSentinel(t *testing.T) *brokertest.RedisSentinel { return own(t, startSentinel) }
+
+// own starts a topology with start for this test only.
+func own[T interface{ Stop() }](t *testing.T, start func(*testing.T) T) T {
 	t.Helper()
-	c := startCluster(t)
-	t.Cleanup(c.Stop)
-	return c
+	x := start(t)
+	t.Cleanup(x.Stop)
+	return x
 }
 
 func startCluster(t *testing.T) *brokertest.RedisCluster {
-	t.Helper()
-	start := time.Now()
-	c, err := brokertest.StartRedisCluster(3, 1)
-	if err != nil {
-		brokertest.Missing(t, "Redis Cluster", fmt.Sprintf("install redis-server and redis-cli (Redis 7): %v", err))
-	}
-	t.Logf("Redis Cluster (3 masters, 3 replicas) ready in %v", time.Since(start).Round(time.Millisecond))
-	return c
-}
-
-// ownSentinel starts 1 master, 1 replica and 3 sentinels for this test.
-func ownSentinel(t *testing.T) *brokertest.RedisSentinel {
-	t.Helper()
-	s := startSentinel(t)
-	t.Cleanup(s.Stop)
-	return s
+	return startTopology(t, "Redis Cluster (3 masters, 3 replicas)", "install redis-server and redis-cli (Redis 7)",
+		func() (*brokertest.RedisCluster, error) { return brokertest.StartRedisCluster(3, 1) })
 }
 
 func startSentinel(t *testing.T) *brokertest.RedisSentinel {
+	return startTopology(t, "Sentinel setup (1 master, 1 replica, 3 sentinels)", "install redis-server (Redis 7, runs as a sentinel with --sentinel)",
+		brokertest.StartRedisSentinel)
+}
+
+// startTopology starts what (a set of processes) with start; when it
+// cannot, the test fails, or is skipped outside CI with how-to.
+func startTopology[T any](t *testing.T, what, howto string, start func() (T, error)) T {
 	t.Helper()
-	start := time.Now()
-	s, err := brokertest.StartRedisSentinel()
+	begin := time.Now()
+	x, err := start()
 	if err != nil {
-		brokertest.Missing(t, "Redis Sentinel", fmt.Sprintf("install redis-server (Redis 7, runs as a sentinel with --sentinel): %v", err))
+		brokertest.Missing(t, what, fmt.Sprintf("%s: %v", howto, err))
 	}
-	t.Logf("Sentinel setup (1 master, 1 replica, 3 sentinels) ready in %v", time.Since(start).Round(time.Millisecond))
-	return s
+	t.Logf("%s ready in %v", what, time.Since(begin).Round(time.Millisecond))
+	return x
 }
 
 // The tests that kill nothing share one cluster and one Sentinel setup,
