@@ -69,23 +69,23 @@ var shared struct {
 }
 
 func sharedCluster(t *testing.T) *brokertest.RedisCluster {
-	t.Helper()
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.cluster == nil {
-		shared.cluster = startCluster(t)
-	}
-	return shared.cluster
+	return sharedOf(t, &shared.cluster, startCluster)
 }
 
 func sharedSentinel(t *testing.T) *brokertest.RedisSentinel {
+	return sharedOf(t, &shared.sentinel, startSentinel)
+}
+
+// sharedOf returns *p, started with start by the first test that asks.
+func sharedOf[T comparable](t *testing.T, p *T, start func(*testing.T) T) T {
 	t.Helper()
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
-	if shared.sentinel == nil {
-		shared.sentinel = startSentinel(t)
+	var zero T
+	if *p == zero {
+		*p = start(t)
 	}
-	return shared.sentinel
+	return *p
 }
 
 // stopShared stops what sharedCluster and sharedSentinel started.
