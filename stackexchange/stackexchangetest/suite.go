@@ -24,9 +24,8 @@ import (
 // opts are the engine options the rule needs (ErrorHandler, Logger,
 // QueueSize, ...), and the zero value for most rules; the factory passes
 // them to the engine as they are (an exchange that is not built on
-// scaleout.Exchange may ignore them). opts.Prefix is never set: channel is
-// the prefix, passed as the adapter's channel (or SubjectPrefix) argument
-// as before.
+// scaleout.Exchange may ignore them). channel is the prefix: the
+// adapter's channel argument or SubjectPrefix, scaleout.New's prefix.
 type Factory func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange
 
 // Nodes is the number of nodes each rule runs on.
