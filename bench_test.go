@@ -69,7 +69,7 @@ func newBenchNodes(b *testing.B, n int) []*Exchange {
 	mb := NewMemoryBroker()
 	var exs []*Exchange
 	for i := 0; i < n; i++ {
-		e := New(mb.Broker(), Options{Prefix: "bench"})
+		e := New(mb.Broker(), "bench", Options{})
 		if err := e.Init(neffos.Namespaces{"chat": nil}); err != nil {
 			b.Fatal(err)
 		}

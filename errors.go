@@ -2,8 +2,13 @@ package scaleout
 
 import "errors"
 
-// Sentinel errors. Every error this module returns or reports wraps one of
-// them, so callers test with errors.Is.
+// Sentinel errors. Every error this module returns or reports (the root
+// package and the adapters under stackexchange/) wraps one of them, so
+// callers test with errors.Is. Two kinds of error are handed back as they
+// are instead: the context's (Ask returns ctx.Err() when ctx is done
+// first) and the client's (Ask returns the Message.Err of the reply, as
+// neffos does). An adapter may define sentinels of its own for finer
+// tests (nats.ErrPayloadTooLarge); each of those wraps one of these.
 var (
 	// ErrClosed is returned by calls on an Exchange after Close.
 	ErrClosed = errors.New("scaleout: closed")
@@ -21,12 +26,10 @@ var (
 	ErrConnNotFound = errors.New("scaleout: connection not found on any node")
 	// ErrMalformed wraps a payload read from the broker that is not a valid
 	// envelope (garbage, truncated, wrong version). Such payloads are
-	// dropped and counted in Stats.DecodeErrors.
+	// dropped and counted in Stats.DecodeErrors. NotifyAsk also returns it
+	// for a reply whose wait token no Ask of this module issued, so that
+	// neffos offers the reply to its other exchange.
 	ErrMalformed = errors.New("scaleout: malformed envelope")
-	// ErrUnknownToken is returned by NotifyAsk for a reply whose wait token
-	// was not issued by this module, so that neffos can offer it to another
-	// exchange registered on the same server.
-	ErrUnknownToken = errors.New("scaleout: unknown ask token")
 	// ErrSlowConsumer is reported when a connection's outbound queue is full
 	// and a message for it is dropped. It is reported once per episode: the
 	// next report for the same connection comes after its queue drained.
@@ -45,8 +48,10 @@ var (
 	// filled within ten seconds. The report names the origin node, the
 	// channel and the range; Stats.Missed counts the messages.
 	ErrMissed = errors.New("scaleout: messages missed")
-	// ErrStarted is returned by an adapter's Init when a setting that is
-	// read once, at the exchange's first use (the nats adapter's
-	// SubjectPrefix), changed after that.
-	ErrStarted = errors.New("scaleout: already started")
+	// ErrInvalidConfig wraps a constructor's refusal of its arguments (a nil
+	// or unsupported client, a Sentinel master name without sentinels, a
+	// nats.Option that failed), and the error Init returns when a setting
+	// read once at the exchange's first use (the nats adapter's
+	// SubjectPrefix) was changed after it.
+	ErrInvalidConfig = errors.New("scaleout: invalid configuration")
 )

@@ -22,7 +22,7 @@ func Example() {
 
 	startNode := func() (*neffos.Server, string, func()) {
 		server := neffos.New(gorilla.DefaultUpgrader, events)
-		exc := scaleout.New(mb.Broker(), scaleout.Options{Prefix: "example"})
+		exc := scaleout.New(mb.Broker(), "example", scaleout.Options{})
 		if err := server.UseStackExchange(exc); err != nil {
 			panic(err)
 		}

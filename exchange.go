@@ -138,13 +138,15 @@ const (
 	repairQueue = 256
 )
 
-// New returns an engine on top of b. It starts b, and its goroutines, on the
-// first call neffos makes (Init, OnConnect, Publish or Ask). The engine owns
-// b: Close closes it. Options is copied; zero fields take the Default*
-// values.
-func New(b Broker, opts Options) *Exchange {
-	if opts.Prefix == "" {
-		opts.Prefix = DefaultPrefix
+// New returns an engine on top of b whose channel names all start with
+// prefix ("" means DefaultPrefix): nodes of one app use the same prefix,
+// apps that share a broker use different ones. It starts b, and its
+// goroutines, on the first call neffos makes (Init, OnConnect, Publish or
+// Ask). The engine owns b: Close closes it. Options is copied; zero fields
+// take the Default* values.
+func New(b Broker, prefix string, opts Options) *Exchange {
+	if prefix == "" {
+		prefix = DefaultPrefix
 	}
 	if opts.PublishTimeout <= 0 {
 		opts.PublishTimeout = DefaultPublishTimeout
@@ -169,7 +171,7 @@ func New(b Broker, opts Options) *Exchange {
 	e := &Exchange{
 		b:       b,
 		opts:    opts,
-		names:   names{prefix: prefixName(opts.Prefix)},
+		names:   names{prefix: prefixName(prefix)},
 		node:    hex.EncodeToString(id[:]),
 		hub:     newHub(opts.QueueSize),
 		asks:    newAsks(),
@@ -767,12 +769,12 @@ func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffo
 
 // NotifyAsk is called by neffos with a client's reply to a question this
 // module delivered. The reply goes to the asking node's channel, or straight
-// to the waiting Ask when that node is this one. It returns ErrUnknownToken
-// for tokens this module did not issue.
+// to the waiting Ask when that node is this one. It returns an error
+// wrapping ErrMalformed for tokens this module did not issue.
 func (e *Exchange) NotifyAsk(msg neffos.Message, token string) error {
 	node, id, ok := parseAskToken(token)
 	if !ok {
-		return fmt.Errorf("%w: %q", ErrUnknownToken, token)
+		return fmt.Errorf("%w: ask token %q", ErrMalformed, token)
 	}
 	env := envelope{kind: kindReply, origin: e.node, id: id}
 	fillEnvelope(&env, &msg)
@@ -813,29 +815,49 @@ func (e *Exchange) Stats() Stats {
 	}
 }
 
-// BrokerConns implements Inspector.
+// BrokerConns returns how many connections this node holds on the broker
+// server, as counted by the server: for tests, benchmarks and monitoring
+// that check a node holds O(1) broker connections. It costs what the
+// broker's BrokerInspector.Conns costs (a round trip to the server), and
+// returns an error wrapping errors.ErrUnsupported when the broker is not a
+// BrokerInspector.
 func (e *Exchange) BrokerConns(ctx context.Context) (int, error) {
 	bi, ok := e.b.(BrokerInspector)
 	if !ok {
 		return 0, fmt.Errorf("scaleout: broker connection count: %w", errors.ErrUnsupported)
 	}
-	return bi.Conns(ctx)
+	return inspected(bi.Conns(ctx))
 }
 
-// NamespaceSubscribers implements Inspector.
+// NamespaceSubscribers returns how many subscriptions the broker server
+// counts on the channel of namespace, over all nodes: one per node that
+// serves namespace. Like BrokerConns it is for tests and monitoring, costs
+// a round trip to the broker server, and needs a BrokerInspector.
 func (e *Exchange) NamespaceSubscribers(ctx context.Context, namespace string) (int, error) {
 	bi, ok := e.b.(BrokerInspector)
 	if !ok {
 		return 0, fmt.Errorf("scaleout: subscriber count: %w", errors.ErrUnsupported)
 	}
-	return bi.Subscribers(ctx, e.names.namespace(namespace))
+	return inspected(bi.Subscribers(ctx, e.names.namespace(namespace)))
 }
 
-// ChannelOf returns the broker channel of a namespace, for tools that look
-// at the broker directly.
+// inspected wraps ErrBrokerUnavailable around a BrokerInspector's failure
+// to ask its server.
+func inspected(n int, err error) (int, error) {
+	if err != nil && !errors.Is(err, errors.ErrUnsupported) && !errors.Is(err, ErrBrokerUnavailable) {
+		return 0, fmt.Errorf("%w: %w", ErrBrokerUnavailable, err)
+	}
+	return n, err
+}
+
+// ChannelOf returns the broker channel of a namespace. It is for adapter
+// authors' tests and tools that look at the broker directly (the adapters'
+// StackExchange types do not export it). It only builds a string.
 func (e *Exchange) ChannelOf(namespace string) string { return e.names.namespace(namespace) }
 
-// NodeID returns this node's id, as carried in envelopes (16 hex digits).
+// NodeID returns this node's id, as carried in envelopes (16 hex digits);
+// the node's own channel is ChannelOf's prefix then ".node." and the id.
+// Like ChannelOf it is for adapter authors' tests.
 func (e *Exchange) NodeID() string { return e.node }
 
 // Close stops the engine's goroutines, fails pending Asks with ErrClosed and

@@ -24,7 +24,7 @@ func NewMemoryBroker() *MemoryBroker {
 }
 
 // Broker returns a new node endpoint: give each node's engine its own, as
-// in New(mb.Broker(), Options{}).
+// in New(mb.Broker(), "", Options{}).
 func (mb *MemoryBroker) Broker() Broker { return &memoryNode{mb: mb} }
 
 type memoryNode struct {

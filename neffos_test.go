@@ -162,7 +162,7 @@ func TestPinEventHooks(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	exc := New(NewMemoryBroker().Broker(), Options{})
+	exc := New(NewMemoryBroker().Broker(), "", Options{})
 	defer exc.Close()
 	events := neffos.Events{neffos.OnRoomJoined: record, neffos.OnAnyEvent: record}
 	_, url, conns := serve(t, neffos.Namespaces{"a": events}, exc)

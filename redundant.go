@@ -21,7 +21,7 @@ import (
 // that a less loaded broker delivered first. A copy later than ten seconds
 // counts as missed.
 //
-//	exc := scaleout.New(scaleout.Redundant(redis.NewBroker(rc), nats.NewBroker(nc)), scaleout.Options{})
+//	exc := scaleout.New(scaleout.Redundant(redis.NewBroker(rc), nats.NewBroker(nc)), "", scaleout.Options{})
 //	server.UseStackExchange(exc)
 //
 // This is what chaining two exchanges through neffos's UseStackExchange

@@ -119,7 +119,7 @@ func newRoomFixture(conns int) (_ *roomFixture, err error) {
 	}
 	// The queue must hold a whole burst of b.N broadcasts: this measures
 	// delivery, not the slow-consumer policy.
-	exc := scaleout.New(scaleout.NewMemoryBroker().Broker(), scaleout.Options{Prefix: "roombench", QueueSize: 1 << 20})
+	exc := scaleout.New(scaleout.NewMemoryBroker().Broker(), "roombench", scaleout.Options{QueueSize: 1 << 20})
 	srv := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{benchNS: neffos.Events{}})
 	if err := srv.UseStackExchange(exc); err != nil {
 		srv.Close()

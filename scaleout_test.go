@@ -38,13 +38,12 @@ func TestConformanceMemory(t *testing.T) {
 			mb = scaleout.NewMemoryBroker()
 			brokers[channel] = mb
 		}
-		opts.Prefix = channel
-		return scaleout.New(mb.Broker(), opts)
+		return scaleout.New(mb.Broker(), channel, opts)
 	})
 }
 
 func TestCloseIsIdempotentAndStopsCalls(t *testing.T) {
-	exc := scaleout.New(scaleout.NewMemoryBroker().Broker(), scaleout.Options{})
+	exc := scaleout.New(scaleout.NewMemoryBroker().Broker(), "", scaleout.Options{})
 	if err := exc.Init(neffos.Namespaces{"a": nil}); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +57,7 @@ func TestCloseIsIdempotentAndStopsCalls(t *testing.T) {
 		t.Error("Publish after Close reported success")
 	}
 	// Close before any use starts nothing.
-	if err := scaleout.New(scaleout.NewMemoryBroker().Broker(), scaleout.Options{}).Close(); err != nil {
+	if err := scaleout.New(scaleout.NewMemoryBroker().Broker(), "", scaleout.Options{}).Close(); err != nil {
 		t.Fatal(err)
 	}
 }

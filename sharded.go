@@ -14,7 +14,7 @@ import (
 // shards (Redis Cluster, by contrast, copies every PUBLISH to every node).
 // Every node of the app must list the same shards in the same order.
 //
-//	exc := scaleout.New(scaleout.Sharded(redis.NewBroker(r1), redis.NewBroker(r2), redis.NewBroker(r3)), scaleout.Options{})
+//	exc := scaleout.New(scaleout.Sharded(redis.NewBroker(r1), redis.NewBroker(r2), redis.NewBroker(r3)), "", scaleout.Options{})
 //
 // Cost: a publish goes to its channel's shard only (one publish per
 // message, as with one broker); each shard holds its own connections (one

@@ -59,19 +59,24 @@ type Broker interface {
 	Close() error
 }
 
-// CountingPublisher is an optional Broker capability for brokers whose
-// Publish cannot count receivers (it returns -1): PublishCounted publishes
-// and reports whether anybody subscribes channel (0, or at least 1). The
-// engine uses it only on a client's own channel (messages with To, Asks with
-// To), where a zero means "not on any node yet" and triggers a fallback to
-// the namespace channel. It may cost a round trip to the broker.
+// CountingPublisher is an optional Broker capability, for adapter authors
+// whose Publish cannot count receivers (it returns -1, as on NATS):
+// PublishCounted publishes and reports whether anybody subscribes channel
+// (0, or at least 1). The engine uses it only on a client's own channel
+// (messages with To, Asks with To), where a zero means "not on any node
+// yet" and makes the engine publish again on the namespace channel. It may
+// cost a round trip to the broker server per call.
 type CountingPublisher interface {
 	PublishCounted(ctx context.Context, channel string, payload []byte) (receivers int, err error)
 }
 
-// BrokerInspector is an optional Broker capability: the broker asks its
-// server what it sees, so tests and benchmarks can check that a node holds
-// O(1) broker connections however many websocket clients it serves.
+// BrokerInspector is an optional Broker capability, for adapter authors:
+// the broker asks its server what it sees. An Exchange on such a broker
+// answers BrokerConns and NamespaceSubscribers with it, which tests,
+// benchmarks and monitoring use to check that a node holds O(1) broker
+// connections however many websocket clients it serves. Each call may cost
+// a round trip to the broker server (or an HTTP request to its monitoring
+// endpoint).
 type BrokerInspector interface {
 	// Conns returns how many connections this broker holds on the broker
 	// server, as counted by the server.
@@ -81,24 +86,11 @@ type BrokerInspector interface {
 	Subscribers(ctx context.Context, channel string) (int, error)
 }
 
-// Inspector is implemented by every Exchange. Its methods return an error
-// wrapping errors.ErrUnsupported when the broker is not a BrokerInspector.
-type Inspector interface {
-	// BrokerConns returns how many connections this node holds on the
-	// broker server, as counted by the server. One network round trip.
-	BrokerConns(ctx context.Context) (int, error)
-	// NamespaceSubscribers returns how many subscriptions the broker server
-	// counts on the channel of namespace, over all nodes: one per node.
-	NamespaceSubscribers(ctx context.Context, namespace string) (int, error)
-}
-
 // Options configures the engine. The zero value works; each field documents
-// its default. Options is copied by New.
+// its default. Options is copied by New. The channel prefix is not an
+// option: it is New's prefix argument, and the adapters' drop-in channel
+// argument (redis) or SubjectPrefix field (nats).
 type Options struct {
-	// Prefix is the first part of every channel name, so that several apps
-	// share one broker. Adapters set it from their drop-in "channel" or
-	// SubjectPrefix argument. Default DefaultPrefix ("neffos").
-	Prefix string
 	// PublishTimeout bounds every broker publish. A publish that does not
 	// complete in time fails: Publish returns false, Ask returns the error.
 	// Default DefaultPublishTimeout (2s).

@@ -226,3 +226,15 @@ func natsCount(mon string) (brokerCount, error) {
 	}
 	return bc, nil
 }
+
+// startBroker starts the broker process exchange ex needs, if any: nil for
+// the memory broker.
+func startBroker(ex string) (*proc, error) {
+	switch {
+	case needsRedis(ex):
+		return startRedis()
+	case needsNATS(ex):
+		return startNATS()
+	}
+	return nil, nil
+}

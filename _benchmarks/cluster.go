@@ -92,7 +92,7 @@ func newExchange(name string, b *proc, mem *scaleout.MemoryBroker, prefix string
 		e.MonitorURL = b.mon
 		return e, nil
 	case "memory":
-		return scaleout.New(mem.Broker(), scaleout.Options{Prefix: prefix}), nil
+		return scaleout.New(mem.Broker(), prefix, scaleout.Options{}), nil
 	}
 	return nil, fmt.Errorf("unknown exchange %q", name)
 }
@@ -208,12 +208,14 @@ func (cl *cluster) waitSubsStable(d time.Duration) {
 	}
 }
 
-// inspectorConns sums scaleout.Inspector.BrokerConns over the nodes (ours
-// only), to cross-check the server's count.
+// inspectorConns sums BrokerConns (scaleout.Exchange's and the adapters')
+// over the nodes (ours only), to cross-check the server's count.
 func (cl *cluster) inspectorConns() (int, bool) {
 	total := 0
 	for _, nd := range cl.nodes {
-		in, ok := nd.exc.(scaleout.Inspector)
+		in, ok := nd.exc.(interface {
+			BrokerConns(context.Context) (int, error)
+		})
 		if !ok {
 			return 0, false
 		}

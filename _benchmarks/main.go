@@ -111,7 +111,7 @@ type Result struct {
 
 	BrokerConnsPerNode float64 `json:"broker_conns_per_node"`
 	BrokerSubsPerNode  float64 `json:"broker_subs_per_node"`
-	InspectorConns     int     `json:"inspector_conns,omitempty"` // ours: scaleout.Inspector over all nodes
+	InspectorConns     int     `json:"inspector_conns,omitempty"` // ours: BrokerConns summed over all nodes
 	BrokerConnsAfter   float64 `json:"broker_conns_per_node_after_leave"`
 
 	GoroutinesPerClient float64 `json:"goroutines_per_client"`
@@ -310,14 +310,7 @@ func (r *runner) runOne(ex string, n, rep int) (res *Result) {
 		res.Seconds = time.Since(start).Seconds()
 	}()
 
-	var b *proc
-	var err error
-	switch {
-	case needsRedis(ex):
-		b, err = startRedis()
-	case needsNATS(ex):
-		b, err = startNATS()
-	}
+	b, err := startBroker(ex)
 	if err != nil {
 		res.Error = err.Error()
 		return res

@@ -49,14 +49,7 @@ func (r *runner) storm(ex string, rep int) (run *StormRun) {
 			run.Error = fmt.Sprintf("panic: %v", p)
 		}
 	}()
-	var b *proc
-	var err error
-	switch {
-	case needsRedis(ex):
-		b, err = startRedis()
-	case needsNATS(ex):
-		b, err = startNATS()
-	}
+	b, err := startBroker(ex)
 	if err != nil {
 		run.Error = err.Error()
 		return run

@@ -84,7 +84,7 @@ func startBroker(cfg config) (*broker, error) {
 func (b *broker) exchange(prefix string) (scaleout.StackExchange, error) {
 	switch {
 	case b.memory != nil:
-		return scaleout.New(b.memory.Broker(), scaleout.Options{Prefix: prefix}), nil
+		return scaleout.New(b.memory.Broker(), prefix, scaleout.Options{}), nil
 	case b.redis != "":
 		return redis.NewStackExchange(redis.Config{Addr: b.redis}, prefix)
 	default:

@@ -61,8 +61,7 @@ func factory(redisAddr, natsURL string) stackexchangetest.Factory {
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts.Prefix = channel
-		return scaleout.New(scaleout.Redundant(rb, nb), opts)
+		return scaleout.New(scaleout.Redundant(rb, nb), channel, opts)
 	}
 }
 

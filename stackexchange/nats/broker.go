@@ -131,12 +131,15 @@ func (b *broker) reportErr(err error) {
 	}
 }
 
+// asyncError reports nats.go's asynchronous errors: one on a subscription
+// (a slow consumer, a permission denied) wraps scaleout.ErrSubscribe, any
+// other scaleout.ErrBrokerUnavailable.
 func (b *broker) asyncError(sub *nats.Subscription, err error) {
 	if sub != nil {
-		b.reportErr(fmt.Errorf("scaleout/nats: subject %s: %w", sub.Subject, err))
+		b.reportErr(fmt.Errorf("%w: scaleout/nats: subject %s: %w", scaleout.ErrSubscribe, sub.Subject, err))
 		return
 	}
-	b.reportErr(fmt.Errorf("scaleout/nats: %w", err))
+	b.reportErr(fmt.Errorf("%w: scaleout/nats: %w", scaleout.ErrBrokerUnavailable, err))
 }
 
 func (b *broker) disconnected(err error) {
@@ -283,24 +286,14 @@ func (b *broker) Unsubscribe(_ context.Context, channels ...string) error {
 	return first
 }
 
-// Publish implements scaleout.Broker.
-//
-// A plain publish returns -1: core NATS does not tell a publisher how many
-// subscribers got a message. nc.Publish only appends to the connection's
-// write buffer, so it does not block on the network. While the connection
-// is down Publish fails at once (nats.ErrDisconnected) rather than filling
-// nats.go's reconnect buffer: the engine then reports the failure and
-// Publish returns false, as the scaleout contract says.
-//
-// An Ask question (envelope kind "ask" of wire format v1, read from the
-// payload's fixed header) is published as a NATS request instead: every
-// node that holds the subject acks it from its receive loop (see loop), and
-// the server answers "no responders" at once when nobody subscribes. So
-// Publish returns 1 (at least one node has it) or 0 (nobody: the engine's
-// Ask fails fast with scaleout.ErrConnNotFound), for one round trip on the
-// shared connection, only for Asks, which wait for a round trip anyway.
-// When no ack comes before ctx is done (a node too old to ack), the message
-// was still published and Publish returns -1.
+// Publish implements scaleout.Broker with a plain NATS publish. It returns
+// -1: core NATS does not tell a publisher how many subscribers got a
+// message. nc.Publish only appends to the connection's write buffer, so it
+// does not block on the network. While the connection is down Publish
+// fails at once (nats.ErrDisconnected) rather than filling nats.go's
+// reconnect buffer: the engine then reports the failure and Publish returns
+// false, as the scaleout contract says. Messages on a client's subject (To,
+// Asks) go through PublishCounted instead.
 func (b *broker) Publish(ctx context.Context, channel string, payload []byte) (int, error) {
 	if b.closing.Load() {
 		return 0, scaleout.ErrClosed
@@ -320,9 +313,16 @@ func (b *broker) Publish(ctx context.Context, channel string, payload []byte) (i
 	return -1, nil
 }
 
-// PublishCounted implements scaleout.CountingPublisher: the message goes
-// out as a request, the receiving brokers acknowledge it, and the server's
-// "no responders" answer means nobody subscribes channel. One round trip.
+// PublishCounted implements scaleout.CountingPublisher; the engine calls it
+// for every message on a client's subject: messages with To and Asks with
+// To. The message goes out as a NATS request; every node that subscribes
+// the subject acks it from its receive loop (see loop), and the server
+// answers "no responders" at once when nobody subscribes. So it returns 1
+// (at least one node has the client) or 0 (nobody: the engine publishes
+// again on the namespace's subject, whose nodes answer when they do not
+// hold the client either), for one round trip on the shared connection.
+// When no ack comes before ctx is done (a node too old to ack), the message
+// was still published and it returns -1.
 func (b *broker) PublishCounted(ctx context.Context, channel string, payload []byte) (int, error) {
 	if b.closing.Load() {
 		return 0, scaleout.ErrClosed

@@ -11,8 +11,9 @@
 //
 // Close the exchange when the server stops (neffos v0.0.25 does it in
 // Server.Close). To set engine options (timeouts, Options.ErrorHandler,
-// Options.QueueSize) or share a connection the app already has, use
-// NewStackExchangeConn; the exchange never closes that connection.
+// Options.QueueSize) use NewStackExchangeOptions; to share a connection the
+// app already has, NewStackExchangeConn (the exchange never closes that
+// connection). The redis adapter takes them the same way.
 //
 // # Cost
 //
@@ -33,10 +34,15 @@
 //
 // # What differs from Redis
 //
-//   - NATS does not count receivers. A publish returns at once; only an Ask
-//     is sent as a NATS request that each node holding the target acks, so
-//     that Server.Ask to a client connected nowhere fails fast with
-//     scaleout.ErrConnNotFound (the server's "no responders").
+//   - NATS does not count receivers. A broadcast is a plain publish that
+//     returns at once. A message on a client's subject (a Broadcast with To,
+//     a Server.Ask with To) is sent as a NATS request that each node holding
+//     the client acks: one round trip, and the server's "no responders"
+//     tells at once that no node holds it yet, which sends the message on
+//     through the namespace's subject. NATS cannot count the nodes that
+//     read that one, so a Server.Ask to a client connected nowhere fails
+//     with scaleout.ErrConnNotFound after Options.SubscribeTimeout (2 s by
+//     default), not at once as on Redis, and never later than ctx.
 //   - The server limits a message's size (max_payload, 1 MB by default). A
 //     broadcast whose envelope is larger is not sent: Publish returns false
 //     and Options.ErrorHandler gets an error wrapping ErrPayloadTooLarge.
@@ -50,8 +56,9 @@
 //   - Connection loss is reported through the engine (Options.ErrorHandler,
 //     Options.Logger) as an error wrapping scaleout.ErrBrokerUnavailable,
 //     after any handler set in the nats options.
-//   - The scaleout.Inspector counts come from the NATS server's HTTP
-//     monitoring endpoint, only when StackExchange.MonitorURL is set.
+//   - The counts of BrokerConns and NamespaceSubscribers come from the NATS
+//     server's HTTP monitoring endpoint, only when StackExchange.MonitorURL
+//     is set.
 //
 // # Delivery
 //

@@ -41,9 +41,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println(exc.ChannelOf("chat"))
-	fmt.Println(exc.Stats().Subscriptions) // "chat", this node's own subject and the heartbeats'
+	fmt.Println(exc.Stats().Subscriptions) // "myapp.ns.chat", this node's own subject and the heartbeats'
 	// Output:
-	// myapp.ns.chat
 	// 3
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/kataras/neffos/gorilla"
 
 	"github.com/neffos-contrib/scaleout/internal/neffostest"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 	"github.com/neffos-contrib/scaleout/stackexchange/nats"
 )
 
@@ -128,18 +129,7 @@ func (c *hClient) wait(body string, d time.Duration) bool {
 }
 
 // waitUntil polls cond until it holds or d passes.
-func waitUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
+func waitUntil(d time.Duration, cond func() bool) bool { return testkit.Until(d, cond) }
 
 // goroutinesAtMost waits until runtime.NumGoroutine() <= want, at most d,
 // and returns the last count.

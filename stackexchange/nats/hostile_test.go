@@ -14,12 +14,13 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/neffos-contrib/scaleout/internal/brokertest"
+	"github.com/neffos-contrib/scaleout/stackexchange/nats"
 )
 
 // TestHostilePayloads checks hostile payloads on NATS: garbage, truncated, empty,
 // wrong-version and 10 MB payloads published with a raw nats.go client
 // straight onto every subject the nodes subscribe (the namespace's, found
-// with ChannelOf, and the node and per-client subjects, found on the
+// with the engine's ChannelOf, and the node and per-client subjects, found on the
 // server's /subsz) are dropped and counted in Stats().DecodeErrors, with no
 // panic, while valid broadcasts, a message To a client and an Ask keep
 // crossing nodes exactly once.
@@ -44,7 +45,7 @@ func TestHostilePayloads(t *testing.T) {
 	defer raw.Close()
 
 	// A valid envelope, as node a publishes it, to cut and bend.
-	nsSubject := a.exc.ChannelOf(hNS)
+	nsSubject := nats.Engine(a.exc).ChannelOf(hNS)
 	capture, err := raw.SubscribeSync(nsSubject)
 	if err != nil {
 		t.Fatal(err)

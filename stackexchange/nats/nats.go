@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -25,18 +24,17 @@ import (
 // It wraps scaleout.ErrRejected: the engine does not retry such a publish.
 var ErrPayloadTooLarge = fmt.Errorf("scaleout/nats: payload exceeds server max_payload: %w", scaleout.ErrRejected)
 
-// flusherTimeout is NewStackExchange's nats.Options.FlusherTimeout: half
-// the engine's default PublishTimeout (see NewStackExchange).
-const flusherTimeout = time.Second
-
-// defaultPrefix is the subject prefix of neffos's own stackexchange/nats.
-const defaultPrefix = "neffos"
+// DefaultFlusherTimeout is the nats.Options.FlusherTimeout NewStackExchange
+// sets: half the engine's default PublishTimeout (see NewStackExchange).
+const DefaultFlusherTimeout = time.Second
 
 // StackExchange is a neffos.StackExchange on NATS core pub/sub (nats.go). It
 // is a drop-in replacement for neffos's stackexchange/nats: same
 // constructor, same With option, same exported SubjectPrefix field. Its
-// methods are the engine's (scaleout.Exchange); see there for what they
-// cost.
+// methods are those of the engine (scaleout.Exchange), where their costs
+// are documented; all are safe for concurrent use. The engine is built at
+// the exchange's first method call (normally Init, from
+// Server.UseStackExchange), with the SubjectPrefix and MonitorURL set then.
 //
 // A node holds one NATS connection, whatever the number of websocket
 // clients, and one NATS subscription per namespace, one for the node and
@@ -44,15 +42,16 @@ const defaultPrefix = "neffos"
 type StackExchange struct {
 	// SubjectPrefix is the first token of every subject the exchange uses.
 	// Apps that share a NATS server set different prefixes. Default
-	// "neffos". It is read once, at the exchange's first use (normally
-	// Init, from Server.UseStackExchange): set it before. A change after
-	// that makes Init fail with an error wrapping scaleout.ErrStarted.
+	// scaleout.DefaultPrefix ("neffos"). It is read once, at the exchange's
+	// first method call (normally Init, from Server.UseStackExchange): set
+	// it before. A change after that makes Init fail with an error wrapping
+	// scaleout.ErrInvalidConfig.
 	SubjectPrefix string
 
 	// MonitorURL is the base URL of the NATS server's HTTP monitoring
-	// endpoint (nats-server -m 8222: "http://127.0.0.1:8222"). When set, the
-	// scaleout.Inspector methods (BrokerConns, NamespaceSubscribers) ask the
-	// server's /connz and /subsz; when empty they return an error wrapping
+	// endpoint (nats-server -m 8222: "http://127.0.0.1:8222"). When set,
+	// BrokerConns and NamespaceSubscribers ask the server's /connz and
+	// /subsz; when empty they return an error wrapping
 	// errors.ErrUnsupported. Like SubjectPrefix it is read once, at first
 	// use. In a NATS cluster the counts are those of the server MonitorURL
 	// names.
@@ -80,10 +79,11 @@ func With(options nats.Options) nats.Option {
 	}
 }
 
-// NewStackExchange connects to NATS and returns a new exchange. url is a
-// NATS URL or a comma-separated list of them ("" means nats.DefaultURL);
-// options are applied in order over nats.GetDefaultOptions() with NoEcho set,
-// MaxReconnects -1 (reconnect forever) and FlusherTimeout 1s.
+// NewStackExchange connects to NATS and returns a new exchange with the
+// engine's default options. url is a NATS URL or a comma-separated list of
+// them ("" means nats.DefaultURL); options are applied in order over
+// nats.GetDefaultOptions() with NoEcho set, MaxReconnects -1 (reconnect
+// forever) and FlusherTimeout DefaultFlusherTimeout (1s).
 //
 // FlusherTimeout bounds every socket write of the connection. nats.go
 // writes while holding the connection's lock, and a publish that fills its
@@ -100,11 +100,15 @@ func With(options nats.Options) nats.Option {
 // tried for Options.Timeout, 2s by default). Handlers set in options
 // (ErrorHandler, DisconnectErrHandler, ...) keep working; the exchange's
 // reports are chained after them. The exchange owns the connection: Close
-// closes it.
-//
-// Engine options (timeouts, ErrorHandler, QueueSize) keep their defaults
-// here; use NewStackExchangeConn to set them.
+// closes it. An option that fails makes it return an error wrapping
+// scaleout.ErrInvalidConfig.
 func NewStackExchange(url string, options ...nats.Option) (*StackExchange, error) {
+	return NewStackExchangeOptions(url, scaleout.Options{}, options...)
+}
+
+// NewStackExchangeOptions is NewStackExchange with engine options: its
+// timeouts, per-connection queue and error handler.
+func NewStackExchangeOptions(url string, engine scaleout.Options, options ...nats.Option) (*StackExchange, error) {
 	opts := nats.GetDefaultOptions()
 	if url == "" {
 		url = nats.DefaultURL
@@ -112,13 +116,13 @@ func NewStackExchange(url string, options ...nats.Option) (*StackExchange, error
 	opts.Url = url
 	opts.NoEcho = true
 	opts.MaxReconnect = -1
-	opts.FlusherTimeout = flusherTimeout
+	opts.FlusherTimeout = DefaultFlusherTimeout
 	for _, opt := range options {
 		if opt == nil {
 			continue
 		}
 		if err := opt(&opts); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: scaleout/nats: option: %w", scaleout.ErrInvalidConfig, err)
 		}
 	}
 	// As neffos: opts.Url may have been changed by an option, and its
@@ -142,13 +146,13 @@ func NewStackExchange(url string, options ...nats.Option) (*StackExchange, error
 		return nil, fmt.Errorf("%w: nats %s: %w", scaleout.ErrBrokerUnavailable, strings.Join(opts.Servers, ","), err)
 	}
 	b.nc = nc
-	return newExchange(b, scaleout.Options{Prefix: defaultPrefix}), nil
+	return newExchange(b, "", engine), nil
 }
 
 // NewStackExchangeConn returns an exchange that publishes and subscribes on
-// the user's connection nc, with the engine options opts (opts.Prefix is
-// the subject prefix, "" means "neffos"; SubjectPrefix starts with it). The
-// exchange never closes nc: Close only removes its own subscriptions.
+// the user's connection nc, with subjectPrefix as the initial SubjectPrefix
+// and the engine options opts. The exchange never closes nc: Close only
+// removes its own subscriptions.
 //
 // The exchange chains its reports after the handlers nc has now
 // (ErrorHandler, DisconnectErrHandler); they stay installed after Close and
@@ -156,15 +160,12 @@ func NewStackExchange(url string, options ...nats.Option) (*StackExchange, error
 // scaleout.ErrBrokerUnavailable when nc is closed. If nc was made without
 // NoEcho the node also reads its own publishes back, which the engine
 // ignores; NoEcho saves that traffic.
-func NewStackExchangeConn(nc *nats.Conn, opts scaleout.Options) (*StackExchange, error) {
+func NewStackExchangeConn(nc *nats.Conn, subjectPrefix string, opts scaleout.Options) (*StackExchange, error) {
 	b, err := connBroker(nc)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Prefix == "" {
-		opts.Prefix = defaultPrefix
-	}
-	return newExchange(b, opts), nil
+	return newExchange(b, subjectPrefix, opts), nil
 }
 
 // NewBroker returns the broker side of an exchange on the user's
@@ -178,7 +179,7 @@ func NewBroker(nc *nats.Conn) (scaleout.Broker, error) {
 
 func connBroker(nc *nats.Conn) (*broker, error) {
 	if nc == nil {
-		return nil, errors.New("scaleout/nats: nil connection")
+		return nil, fmt.Errorf("%w: scaleout/nats: nil connection", scaleout.ErrInvalidConfig)
 	}
 	if nc.IsClosed() {
 		return nil, fmt.Errorf("%w: nats: %w", scaleout.ErrBrokerUnavailable, nats.ErrConnectionClosed)
@@ -189,8 +190,11 @@ func connBroker(nc *nats.Conn) (*broker, error) {
 	return b, nil
 }
 
-func newExchange(b *broker, opts scaleout.Options) *StackExchange {
-	return &StackExchange{SubjectPrefix: opts.Prefix, b: b, opts: opts}
+func newExchange(b *broker, prefix string, opts scaleout.Options) *StackExchange {
+	if prefix == "" {
+		prefix = scaleout.DefaultPrefix
+	}
+	return &StackExchange{SubjectPrefix: prefix, b: b, opts: opts}
 }
 
 // engine returns the engine, built at the first call with the prefix and
@@ -200,11 +204,9 @@ func (s *StackExchange) engine() *scaleout.Exchange {
 		s.b.setMonitorURL(s.MonitorURL)
 		s.prefix = s.SubjectPrefix
 		if s.prefix == "" {
-			s.prefix = defaultPrefix
+			s.prefix = scaleout.DefaultPrefix
 		}
-		opts := s.opts
-		opts.Prefix = s.prefix
-		s.eng = scaleout.New(s.b, opts)
+		s.eng = scaleout.New(s.b, s.prefix, s.opts)
 	})
 	return s.eng
 }
@@ -215,8 +217,8 @@ func (s *StackExchange) engine() *scaleout.Exchange {
 // SubjectPrefix did not change.
 func (s *StackExchange) Init(namespaces neffos.Namespaces) error {
 	e := s.engine()
-	if p := s.SubjectPrefix; p != s.prefix && (p != "" || s.prefix != defaultPrefix) {
-		return fmt.Errorf("scaleout/nats: SubjectPrefix %q set after the exchange started with %q: %w", p, s.prefix, scaleout.ErrStarted)
+	if p := s.SubjectPrefix; p != s.prefix && (p != "" || s.prefix != scaleout.DefaultPrefix) {
+		return fmt.Errorf("%w: scaleout/nats: SubjectPrefix %q set after the exchange started with %q", scaleout.ErrInvalidConfig, p, s.prefix)
 	}
 	return e.Init(namespaces)
 }
@@ -251,25 +253,27 @@ func (s *StackExchange) NotifyAsk(msg neffos.Message, token string) error {
 }
 
 // Close closes the exchange (scaleout.Exchange.Close) and the NATS
-// connection when the exchange opened it.
+// connection when the exchange opened it. It is idempotent.
 func (s *StackExchange) Close() error { return s.engine().Close() }
 
-// Stats returns the engine's counters: atomic loads.
+// Stats returns the engine's counters (scaleout.Exchange.Stats): atomic
+// loads, no lock.
 func (s *StackExchange) Stats() scaleout.Stats { return s.engine().Stats() }
 
-// BrokerConns implements scaleout.Inspector through MonitorURL.
+// BrokerConns returns how many connections this node holds on the NATS
+// server MonitorURL names, from its /connz (one HTTP request). For tests
+// and monitoring; see scaleout.Exchange.BrokerConns.
 func (s *StackExchange) BrokerConns(ctx context.Context) (int, error) {
 	return s.engine().BrokerConns(ctx)
 }
 
-// NamespaceSubscribers implements scaleout.Inspector through MonitorURL.
+// NamespaceSubscribers returns how many subscriptions the NATS server
+// MonitorURL names counts on the subject of namespace, from its /subsz
+// (one HTTP request): one per node. For tests and monitoring; see
+// scaleout.Exchange.NamespaceSubscribers.
 func (s *StackExchange) NamespaceSubscribers(ctx context.Context, namespace string) (int, error) {
 	return s.engine().NamespaceSubscribers(ctx, namespace)
 }
-
-// ChannelOf returns the subject of a namespace. Like every method it fixes
-// SubjectPrefix when it is the exchange's first use.
-func (s *StackExchange) ChannelOf(namespace string) string { return s.engine().ChannelOf(namespace) }
 
 func randomHex() string {
 	var b [6]byte

@@ -311,7 +311,7 @@ func TestConnNotClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exc, err := nats.NewStackExchangeConn(nc, scaleout.Options{Prefix: uniquePrefix()})
+	exc, err := nats.NewStackExchangeConn(nc, uniquePrefix(), scaleout.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,8 +336,12 @@ func TestConnNotClosed(t *testing.T) {
 	if _, err := mine.NextMsg(5 * time.Second); err != nil {
 		t.Fatalf("user's subscription after the exchange closed: %v", err)
 	}
-	if _, err := nats.NewStackExchangeConn(nil, scaleout.Options{}); err == nil {
-		t.Error("nil connection accepted")
+	if _, err := nats.NewStackExchangeConn(nil, "", scaleout.Options{}); !errors.Is(err, scaleout.ErrInvalidConfig) {
+		t.Errorf("nil connection: err = %v, want scaleout.ErrInvalidConfig", err)
+	}
+	failing := func(*natsgo.Options) error { return errors.New("no such option") }
+	if _, err := nats.NewStackExchange(url, failing); !errors.Is(err, scaleout.ErrInvalidConfig) {
+		t.Errorf("failing nats.Option: err = %v, want scaleout.ErrInvalidConfig", err)
 	}
 }
 
@@ -349,7 +353,7 @@ func TestSubjectPrefixAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := exc.SubjectPrefix + ".ns.chat"
-	if got := exc.ChannelOf("chat"); got != want {
+	if got := nats.Engine(exc).ChannelOf("chat"); got != want {
 		t.Errorf("ChannelOf = %q, want %q", got, want)
 	}
 	// Same prefix: a second server may use the exchange too.
@@ -357,8 +361,8 @@ func TestSubjectPrefixAfterStart(t *testing.T) {
 		t.Errorf("second Init with the same prefix: %v", err)
 	}
 	exc.SubjectPrefix = "other"
-	if err := exc.Init(serverNamespaces("chat")); err == nil {
-		t.Error("Init after a SubjectPrefix change on a started exchange returned no error")
+	if err := exc.Init(serverNamespaces("chat")); !errors.Is(err, scaleout.ErrInvalidConfig) {
+		t.Errorf("Init after a SubjectPrefix change on a started exchange: err = %v, want scaleout.ErrInvalidConfig", err)
 	}
 }
 
@@ -376,7 +380,7 @@ func TestMaxPayload(t *testing.T) {
 		}
 		t.Cleanup(nc.Close)
 		conns[i] = nc
-		opts := scaleout.Options{Prefix: prefix}
+		var opts scaleout.Options
 		if i == 0 {
 			opts.ErrorHandler = func(err error) {
 				select {
@@ -385,7 +389,7 @@ func TestMaxPayload(t *testing.T) {
 				}
 			}
 		}
-		exc, err := nats.NewStackExchangeConn(nc, opts)
+		exc, err := nats.NewStackExchangeConn(nc, prefix, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -410,8 +414,8 @@ func TestMaxPayload(t *testing.T) {
 			t.Fatal("ErrorHandler never got ErrPayloadTooLarge")
 		}
 	}
-	if !errors.Is(got, scaleout.ErrPublish) {
-		t.Errorf("reported error %v does not wrap scaleout.ErrPublish", got)
+	if !errors.Is(got, scaleout.ErrPublish) || !errors.Is(got, scaleout.ErrRejected) {
+		t.Errorf("reported error %v does not wrap scaleout.ErrPublish and scaleout.ErrRejected", got)
 	}
 	if !recs[0].wait(big, 10*time.Second) {
 		t.Error("the publishing node's own client did not get the large message")
@@ -469,7 +473,7 @@ func testIsolation(t *testing.T, url string, names []string) {
 	pub := startNode(t, newExchange(t, url, "", prefix), serverNamespaces(names...))
 	seen := map[string]string{}
 	for _, n := range names {
-		ch := pub.exc.ChannelOf(n)
+		ch := nats.Engine(pub.exc).ChannelOf(n)
 		if prev, dup := seen[ch]; dup {
 			t.Fatalf("names %q and %q share channel %q", prev, n, ch)
 		}
@@ -589,7 +593,7 @@ func TestAsk(t *testing.T) {
 	}
 }
 
-func TestInspector(t *testing.T) {
+func TestBrokerCounts(t *testing.T) {
 	url, monitor := natsURL(t)
 	if monitor == "" {
 		t.Skip("NATS_URL set without NATS_MONITOR_URL: no monitoring endpoint to ask")
@@ -642,7 +646,7 @@ func TestConnName(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	exc, err := nats.NewStackExchangeConn(nc, scaleout.Options{Prefix: uniquePrefix()})
+	exc, err := nats.NewStackExchangeConn(nc, uniquePrefix(), scaleout.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -677,20 +681,11 @@ func factory(url, monitor string, options ...natsgo.Option) stackexchangetest.Fa
 			exc.MonitorURL = monitor
 			return exc
 		}
-		// The drop-in constructor takes no engine options: the rule's go
-		// through NewStackExchangeConn, on a connection set up as
-		// NewStackExchange sets up its own, closed after the exchange.
-		base := []natsgo.Option{natsgo.NoEcho(), natsgo.MaxReconnects(-1), natsgo.FlusherTimeout(time.Second), natsgo.Name("scaleout-" + uniquePrefix())}
-		nc, err := natsgo.Connect(url, append(base, options...)...)
+		exc, err := nats.NewStackExchangeOptions(url, opts, options...)
 		if err != nil {
-			t.Fatalf("connect to NATS: %v", err)
+			t.Fatalf("NewStackExchangeOptions: %v", err)
 		}
-		t.Cleanup(nc.Close) // before the suite's: runs after the exchange's Close
-		opts.Prefix = channel
-		exc, err := nats.NewStackExchangeConn(nc, opts)
-		if err != nil {
-			t.Fatalf("NewStackExchangeConn: %v", err)
-		}
+		exc.SubjectPrefix = channel
 		exc.MonitorURL = monitor
 		return exc
 	}
@@ -850,12 +845,5 @@ func TestDropIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	exc.SubjectPrefix = "MyChatApp"
-	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"default": neffos.Events{}})
-	if err := server.UseStackExchange(exc); err != nil {
-		t.Fatal(err)
-	}
-	server.Close()
-	if err := exc.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stackexchangetest.UseAndClose(t, exc)
 }

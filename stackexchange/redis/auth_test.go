@@ -38,16 +38,29 @@ func TestAuthRequirePass(t *testing.T) {
 	cfg := redis.Config{Addr: r.Addr, Password: pw, DialTimeout: authDialTimeout}
 
 	t.Run("RightPassword", func(t *testing.T) { crossNodes(t, cfg, testChannel(t)) })
-	t.Run("WrongPassword", func(t *testing.T) {
-		bad := cfg
-		bad.Password = "not the password"
-		checkAuthFailure(t, bad, admin, "WRONGPASS")
+	authFailures(t, cfg, admin, []authFailure{
+		{"WrongPassword", func(c *redis.Config) { c.Password = "not the password" }, "WRONGPASS"},
+		{"NoPassword", func(c *redis.Config) { c.Password = "" }, "NOAUTH"},
 	})
-	t.Run("NoPassword", func(t *testing.T) {
-		bad := cfg
-		bad.Password = ""
-		checkAuthFailure(t, bad, admin, "NOAUTH")
-	})
+}
+
+// authFailure is a wrong credential and the reply Redis gives it.
+type authFailure struct {
+	name  string
+	spoil func(*redis.Config)
+	reply string
+}
+
+// authFailures checks each failure as a subtest (checkAuthFailure) on a
+// spoiled copy of cfg.
+func authFailures(t *testing.T, cfg redis.Config, admin *goredis.Client, fs []authFailure) {
+	for _, f := range fs {
+		t.Run(f.name, func(t *testing.T) {
+			bad := cfg
+			f.spoil(&bad)
+			checkAuthFailure(t, bad, admin, f.reply)
+		})
+	}
 }
 
 // TestAuthACLUser: an ACL user allowed only the channels of the "aclapp"
@@ -60,20 +73,10 @@ func TestAuthACLUser(t *testing.T) {
 	cfg := redis.Config{Addr: r.Addr, Username: user, Password: pw, DialTimeout: authDialTimeout}
 
 	t.Run("RightUser", func(t *testing.T) { crossNodes(t, cfg, "aclapp") })
-	t.Run("WrongPassword", func(t *testing.T) {
-		bad := cfg
-		bad.Password = "not alice's"
-		checkAuthFailure(t, bad, admin, "WRONGPASS")
-	})
-	t.Run("UnknownUser", func(t *testing.T) {
-		bad := cfg
-		bad.Username = "mallory"
-		checkAuthFailure(t, bad, admin, "WRONGPASS")
-	})
-	t.Run("DefaultUserDisabled", func(t *testing.T) {
-		bad := cfg
-		bad.Username = ""
-		checkAuthFailure(t, bad, admin, "WRONGPASS")
+	authFailures(t, cfg, admin, []authFailure{
+		{"WrongPassword", func(c *redis.Config) { c.Password = "not alice's" }, "WRONGPASS"},
+		{"UnknownUser", func(c *redis.Config) { c.Username = "mallory" }, "WRONGPASS"},
+		{"DefaultUserDisabled", func(c *redis.Config) { c.Username = "" }, "WRONGPASS"},
 	})
 	// The user may not use the channels of another prefix: the exchange
 	// connects, then every subscribe and publish is refused. Redis's NOPERM
@@ -86,14 +89,11 @@ func TestAuthACLUser(t *testing.T) {
 		before := runtime.NumGoroutine()
 		var mu sync.Mutex
 		var reported []error
-		c := cfg
-		c.SubscribeTimeout = 500 * time.Millisecond
-		c.ErrorHandler = func(err error) {
+		exc, err := redis.NewStackExchangeOptions(cfg, "otherapp", scaleout.Options{SubscribeTimeout: 500 * time.Millisecond, ErrorHandler: func(err error) {
 			mu.Lock()
 			reported = append(reported, err)
 			mu.Unlock()
-		}
-		exc, err := redis.NewStackExchange(c, "otherapp")
+		}})
 		if err != nil {
 			t.Fatalf("NewStackExchange: %v", err)
 		}

@@ -81,23 +81,26 @@ func newBroker(client goredis.UniversalClient, owned bool, name string) *broker 
 // subscribe with (a *goredis.Ring, which shards channels by key and
 // refuses a subscription without channels, or another implementation of
 // goredis.UniversalClient).
-var errUnsupportedClient = errors.New("scaleout/redis: unsupported client: use a *redis.Client (goredis.NewClient, or goredis.NewFailoverClient for Sentinel) or a *redis.ClusterClient (redis.NewClusterClient); to spread channels over several servers, use scaleout.Sharded with one NewBroker per server")
+var errUnsupportedClient = fmt.Errorf("%w: scaleout/redis: unsupported client: use a *redis.Client (goredis.NewClient, or goredis.NewFailoverClient for Sentinel) or a *redis.ClusterClient (redis.NewClusterClient); to spread channels over several servers, use scaleout.Sharded with one NewBroker per server", scaleout.ErrInvalidConfig)
+
+// errNilClient is returned for a nil client.
+var errNilClient = fmt.Errorf("%w: scaleout/redis: nil client", scaleout.ErrInvalidConfig)
 
 // checkClient rejects client kinds the broker does not support.
 func checkClient(client goredis.UniversalClient) error {
 	switch c := client.(type) {
 	case *goredis.Client:
 		if c == nil {
-			return errors.New("scaleout/redis: nil client")
+			return errNilClient
 		}
 		return nil
 	case *goredis.ClusterClient:
 		if c == nil {
-			return errors.New("scaleout/redis: nil client")
+			return errNilClient
 		}
 		return nil
 	case nil:
-		return errors.New("scaleout/redis: nil client")
+		return errNilClient
 	default:
 		return fmt.Errorf("%w (got %T)", errUnsupportedClient, client)
 	}
@@ -144,7 +147,7 @@ func (b *broker) newPubSub(avoid string) (*goredis.PubSub, string) {
 	}
 	list, err := b.cluster.get(ctx)
 	if err != nil && b.report != nil {
-		b.report(fmt.Errorf("scaleout/redis: cluster masters: %w", err))
+		b.report(fmt.Errorf("%w: scaleout/redis: cluster masters: %w", scaleout.ErrBrokerUnavailable, err))
 	}
 	for _, c := range list {
 		if addr := c.Options().Addr; addr != avoid || len(list) == 1 {
@@ -174,7 +177,7 @@ func (b *broker) loop() {
 			var ne interface{ Timeout() bool }
 			if errors.As(err, &ne) && ne.Timeout() {
 				if pinged {
-					b.report(fmt.Errorf("scaleout/redis: pub/sub connection unresponsive, reconnecting"))
+					b.report(fmt.Errorf("%w: scaleout/redis: pub/sub connection unresponsive, reconnecting", scaleout.ErrBrokerUnavailable))
 					b.recycle(ps, true)
 					pinged = false
 					continue
@@ -183,7 +186,7 @@ func (b *broker) loop() {
 				_ = ps.Ping(b.ctx)
 				continue
 			}
-			b.report(fmt.Errorf("scaleout/redis: pub/sub receive: %w", clusterHint(err)))
+			b.report(fmt.Errorf("%w: scaleout/redis: pub/sub receive: %w", scaleout.ErrBrokerUnavailable, clusterHint(err)))
 			pinged = false
 			if b.cluster != nil {
 				// Its node may be gone for good: another master serves
@@ -424,15 +427,18 @@ func (b *broker) ping(ctx context.Context) error {
 	return b.cluster.publish(ctx, "", nil, true)
 }
 
+// Close implements scaleout.Broker: it stops the receive loop, closes the
+// pub/sub connection and, when the broker opened it, the client. Later
+// calls do nothing.
 func (b *broker) Close() error {
 	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
-	}
+	already := b.closed
 	b.closed = true
 	ps := b.ps
 	b.mu.Unlock()
+	if already {
+		return nil
+	}
 	removeSink(b)
 	b.cancel()
 	var err error

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,117 +13,36 @@ import (
 
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
+	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
 )
 
-// TestBrokerBatchSubscribe: one Subscribe call with thousands of channels
-// returns once Redis holds every one of them, in ceil(n/SubscribeChunk)
-// SUBSCRIBE commands; one Unsubscribe call drops them all, in as few
-// UNSUBSCRIBE commands. The test owns its redis-server, so the server's
-// command counts are the broker's alone.
-func TestBrokerBatchSubscribe(t *testing.T) {
-	watchdog(t, 2*time.Minute)
-	r := ownRedis(t)
-	client := goredis.NewClient(&goredis.Options{Addr: r.Addr})
-	t.Cleanup(func() { _ = client.Close() })
-	raw := rawClient(t, &goredis.Options{Addr: r.Addr})
-
-	const n = 2000
-	prefix := testChannel(t)
-	channels := make([]string, n, n+1)
-	for i := range channels {
-		channels[i] = prefix + ".ch." + strconv.Itoa(i)
-	}
-	channels = append(channels, channels[0]) // a repeat counts once
-
-	delivered := make(chan string, 64)
-	var reports atomic.Int64
-	b, err := redis.NewBroker(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(func(ch string, payload []byte) {
-		select {
-		case delivered <- ch + "=" + string(payload):
-		default:
+// TestBroker runs the Broker contract (stackexchangetest.RunBroker) on a
+// redis-server of the test's own: a batch Subscribe costs
+// ceil(n/SubscribeChunk) SUBSCRIBE commands, as many UNSUBSCRIBEs, counted
+// by the server (INFO commandstats).
+func TestBroker(t *testing.T) {
+	stackexchangetest.RunBroker(t, func(t *testing.T) stackexchangetest.BrokerFixture {
+		r := ownRedis(t)
+		client := goredis.NewClient(&goredis.Options{Addr: r.Addr})
+		t.Cleanup(func() { _ = client.Close() })
+		raw := rawClient(t, &goredis.Options{Addr: r.Addr})
+		b, err := redis.NewBroker(client)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}, func(error) { reports.Add(1) }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	before := commandCalls(t, raw)
-	start := time.Now()
-	if err := b.Subscribe(ctx, channels...); err != nil {
-		t.Fatalf("Subscribe of %d channels: %v", n, err)
-	}
-	t.Logf("Subscribe of %d channels in one call: %v", n, time.Since(start))
-
-	// Subscribe returned after Redis confirmed each channel, so Redis
-	// counts them all now, without waiting.
-	if got := len(pubsubChannels(t, raw, prefix+".ch.*")); got != n {
-		t.Fatalf("PUBSUB CHANNELS counts %d of the %d channels after Subscribe returned", got, n)
-	}
-	sample := []string{channels[0], channels[1], channels[n/2], channels[n-1]}
-	counts, err := raw.PubSubNumSub(ctx, sample...).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ch := range sample {
-		if counts[ch] != 1 {
-			t.Errorf("PUBSUB NUMSUB %s = %d, want 1", ch, counts[ch])
+		return stackexchangetest.BrokerFixture{
+			Broker: b,
+			Publish: func(ctx context.Context, channel string, payload []byte) error {
+				return raw.Publish(ctx, channel, payload).Err()
+			},
+			Channels: func(ctx context.Context, prefix string) ([]string, error) {
+				return raw.PubSubChannels(ctx, prefix+".*").Result()
+			},
+			SubscribeCalls:   func() int { return commandCalls(t, raw)["subscribe"] },
+			UnsubscribeCalls: func() int { return commandCalls(t, raw)["unsubscribe"] },
+			RoundTrips:       func(n int) int { return (n + redis.SubscribeChunk - 1) / redis.SubscribeChunk },
 		}
-	}
-	after := commandCalls(t, raw)
-	wantCmds := (n + redis.SubscribeChunk - 1) / redis.SubscribeChunk
-	if got := after["subscribe"] - before["subscribe"]; got != wantCmds {
-		t.Errorf("%d SUBSCRIBE commands for %d channels, want %d (chunks of %d)", got, n, wantCmds, redis.SubscribeChunk)
-	}
-
-	// Each sampled channel delivers.
-	for i, ch := range sample {
-		body := fmt.Sprintf("m%d", i)
-		if rcv, err := raw.Publish(ctx, ch, body).Result(); err != nil || rcv != 1 {
-			t.Fatalf("PUBLISH %s: %d receivers, %v; want 1", ch, rcv, err)
-		}
-		select {
-		case got := <-delivered:
-			if got != ch+"="+body {
-				t.Fatalf("delivered %q, want %q", got, ch+"="+body)
-			}
-		case <-ctx.Done():
-			t.Fatalf("PUBLISH on %s never delivered", ch)
-		}
-	}
-
-	before = commandCalls(t, raw)
-	if err := b.Unsubscribe(ctx, channels[:n]...); err != nil {
-		t.Fatalf("Unsubscribe of %d channels: %v", n, err)
-	}
-	// Unsubscribe does not wait for Redis: poll until it has them all.
-	var left int
-	if !waitUntil(10*time.Second, func() bool {
-		left = len(pubsubChannels(t, raw, prefix+".ch.*"))
-		return left == 0
-	}) {
-		t.Fatalf("%d of %d channels still subscribed 10s after one Unsubscribe", left, n)
-	}
-	after = commandCalls(t, raw)
-	if got := after["unsubscribe"] - before["unsubscribe"]; got != wantCmds {
-		t.Errorf("%d UNSUBSCRIBE commands for %d channels, want %d", got, n, wantCmds)
-	}
-
-	// The broker still works after the batch: subscribe one again.
-	if err := b.Subscribe(ctx, channels[7]); err != nil {
-		t.Fatalf("Subscribe after the batch: %v", err)
-	}
-	if got := pubsubChannels(t, raw, prefix+".ch.*"); len(got) != 1 || got[0] != channels[7] {
-		t.Fatalf("PUBSUB CHANNELS = %v, want [%s]", got, channels[7])
-	}
-	if n := reports.Load(); n != 0 {
-		t.Errorf("the broker reported %d errors", n)
-	}
+	})
 }
 
 // pubsubChannels returns PUBSUB CHANNELS pattern.

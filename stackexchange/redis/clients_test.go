@@ -43,57 +43,27 @@ func TestUnsupportedClients(t *testing.T) {
 		{"NilClient", (*goredis.Client)(nil)},
 		{"Nil", nil},
 	} {
-		exc, err := redis.NewStackExchangeClient(tc.client, scaleout.Options{Prefix: testChannel(t)})
+		exc, err := redis.NewStackExchangeClient(tc.client, testChannel(t), scaleout.Options{})
 		if err == nil {
 			exc.Close()
 			t.Errorf("%s: NewStackExchangeClient accepted it", tc.name)
 		} else {
 			t.Logf("%s: NewStackExchangeClient: %v", tc.name, err)
 		}
-		if b, err := redis.NewBroker(tc.client); err == nil {
-			b.Close()
-			t.Errorf("%s: NewBroker accepted it", tc.name)
+		if !errors.Is(err, scaleout.ErrInvalidConfig) {
+			t.Errorf("%s: NewStackExchangeClient: %v, want scaleout.ErrInvalidConfig", tc.name, err)
+		}
+		if b, err := redis.NewBroker(tc.client); !errors.Is(err, scaleout.ErrInvalidConfig) {
+			if err == nil {
+				b.Close()
+			}
+			t.Errorf("%s: NewBroker: %v, want scaleout.ErrInvalidConfig", tc.name, err)
 		}
 		if tc.name == "Ring" && (err == nil || !strings.Contains(err.Error(), "unsupported client")) {
 			t.Errorf("Ring: error %v does not say the client is unsupported", err)
 		}
 	}
 	checkGoroutines(t, "after the rejected clients", before, 0)
-}
-
-// TestBrokerStartAfterClose: Start on a closed broker fails with
-// scaleout.ErrClosed and starts nothing; an engine closed before it
-// started closes at once.
-func TestBrokerStartAfterClose(t *testing.T) {
-	client := goredis.NewClient(&goredis.Options{Addr: needRedis(t)})
-	defer client.Close()
-	before := runtime.NumGoroutine()
-	b, err := redis.NewBroker(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(func(string, []byte) {}, func(error) {}); !errors.Is(err, scaleout.ErrClosed) {
-		t.Errorf("Start after Close: %v, want scaleout.ErrClosed", err)
-	}
-	b2, err := redis.NewBroker(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exc := scaleout.New(b2, scaleout.Options{})
-	done := make(chan error, 1)
-	go func() { done <- exc.Close() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close of an engine that never started hangs")
-	}
-	checkGoroutines(t, "after Close", before, 0)
 }
 
 // TestUnreachableTopologies: a cluster or Sentinel setup that cannot be
@@ -114,9 +84,12 @@ func TestUnreachableTopologies(t *testing.T) {
 		checkUnreachable(t, redis.Config{MasterName: "m", SentinelAddrs: []string{closed}, DialTimeout: dialTimeout}, dialTimeout)
 	})
 	t.Run("MasterNameWithoutSentinels", func(t *testing.T) {
-		if exc, err := redis.NewStackExchange(redis.Config{MasterName: "m"}, "x"); err == nil {
+		exc, err := redis.NewStackExchange(redis.Config{MasterName: "m"}, "x")
+		if err == nil {
 			exc.Close()
-			t.Fatal("no error")
+		}
+		if !errors.Is(err, scaleout.ErrInvalidConfig) {
+			t.Fatalf("err = %v, want scaleout.ErrInvalidConfig", err)
 		}
 	})
 }
@@ -131,7 +104,7 @@ func TestGoRedisLogs(t *testing.T) {
 
 	var mu sync.Mutex
 	var lines []string
-	exc, err := redis.NewStackExchange(redis.Config{Addr: r.Addr, DialTimeout: time.Second, Options: scaleout.Options{
+	exc, err := redis.NewStackExchangeOptions(redis.Config{Addr: r.Addr, DialTimeout: time.Second}, testChannel(t), scaleout.Options{
 		ErrorHandler: func(err error) {
 			if errors.Is(err, redis.ErrGoRedisLog) {
 				mu.Lock()
@@ -139,7 +112,7 @@ func TestGoRedisLogs(t *testing.T) {
 				mu.Unlock()
 			}
 		},
-	}}, testChannel(t))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,13 +220,13 @@ func TestParseSlots(t *testing.T) {
 func TestGoRedisLogRouting(t *testing.T) {
 	addr := needRedis(t)
 	got := make(chan error, 16)
-	exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: scaleout.Options{
+	exc, err := redis.NewStackExchangeOptions(redis.Config{Addr: addr}, testChannel(t), scaleout.Options{
 		ErrorHandler: func(err error) {
 			if errors.Is(err, redis.ErrGoRedisLog) {
 				got <- err
 			}
 		},
-	}}, testChannel(t))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

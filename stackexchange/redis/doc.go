@@ -9,6 +9,11 @@
 //	exc, err := redis.NewStackExchange(redis.Config{Addr: "127.0.0.1:6379"}, "MyChatApp")
 //	server.UseStackExchange(exc)
 //
+// Engine options (timeouts, Options.ErrorHandler, Options.QueueSize) go
+// to NewStackExchangeOptions; a client the app already has, to
+// NewStackExchangeClient (the exchange never closes it). The nats adapter
+// takes them the same way.
+//
 // # Topologies
 //
 //   - One server: Config.Addr.

@@ -1,6 +1,10 @@
 package redis
 
-import "context"
+import (
+	"context"
+
+	"github.com/neffos-contrib/scaleout"
+)
 
 // SubscribeChunk is how many channels one SUBSCRIBE command carries.
 const SubscribeChunk = subscribeChunk
@@ -12,3 +16,7 @@ var ParseSlots = parseSlots
 func GoRedisLog(ctx context.Context, format string, v ...interface{}) {
 	logSink{}.Printf(ctx, format, v...)
 }
+
+// Engine returns the engine of s, for this package's tests: ChannelOf and
+// NodeID name the channels a test publishes garbage on or counts.
+func Engine(s *StackExchange) *scaleout.Exchange { return s.eng }

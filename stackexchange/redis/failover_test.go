@@ -17,7 +17,7 @@ import (
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
 
-// Failover tests (issue 11): three nodes A, B, C on a distributed Redis
+// Failover tests: three nodes A, B, C on a distributed Redis
 // topology, one client each, every node broadcasting every 20 ms; one
 // broker process is SIGKILLed mid-traffic. Each test reports the gap and
 // the messages lost per (publisher, receiver) pair, and fails on a
@@ -133,15 +133,15 @@ func (tr *traffic) report(t *testing.T, fault time.Time) []pairReport {
 			if !c.ok {
 				failed++
 			}
-			if c.dur > defaultPublishTimeout+timingSlack {
-				t.Errorf("node %s: Publish of %q blocked %v, past PublishTimeout %v", p.name, c.body, c.dur, defaultPublishTimeout)
+			if c.dur > scaleout.DefaultPublishTimeout+timingSlack {
+				t.Errorf("node %s: Publish of %q blocked %v, past PublishTimeout %v", p.name, c.body, c.dur, scaleout.DefaultPublishTimeout)
 			}
 		}
 		tr.mu.Lock()
 		longest := tr.longest[p.name]
 		tr.mu.Unlock()
-		if longest > defaultPublishTimeout+timingSlack {
-			t.Errorf("node %s: a neffos Broadcast blocked %v, past PublishTimeout %v", p.name, longest, defaultPublishTimeout)
+		if longest > scaleout.DefaultPublishTimeout+timingSlack {
+			t.Errorf("node %s: a neffos Broadcast blocked %v, past PublishTimeout %v", p.name, longest, scaleout.DefaultPublishTimeout)
 		}
 		st := p.exc.Stats()
 		t.Logf("node %s: %d Publish calls, %d returned false, longest Publish %v, longest Broadcast %v; stats: missed %d, duplicates dropped %d, publish errors %d, errors reported %d",
@@ -236,11 +236,10 @@ func TestFailoverClusterMaster(t *testing.T) {
 	channel := testChannel(t)
 	nodes, clients := threeNodes(t, func(onErr func(error)) (engineExchange, error) {
 		cfg := cfg
-		cfg.ErrorHandler = onErr
-		return redis.NewStackExchange(cfg, channel)
+		return redis.NewStackExchangeOptions(cfg, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 	victim, held := busiestMaster(t, c)
-	nsMaster, err := c.Master(nodes[0].exc.ChannelOf(hns))
+	nsMaster, err := c.Master(nodes[0].eng.ChannelOf(hns))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,8 +304,7 @@ func TestFailoverSentinelMaster(t *testing.T) {
 	channel := testChannel(t)
 	nodes, clients := threeNodes(t, func(onErr func(error)) (engineExchange, error) {
 		cfg := cfg
-		cfg.ErrorHandler = onErr
-		return redis.NewStackExchange(cfg, channel)
+		return redis.NewStackExchangeOptions(cfg, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 	master, err := s.Master()
 	if err != nil {
@@ -340,7 +338,7 @@ func TestFailoverShard(t *testing.T) {
 	addrs := addrsOf(shards)
 	channel := testChannel(t)
 	nodes, clients := threeNodes(t, func(onErr func(error)) (engineExchange, error) {
-		return newSharded(t, scaleout.Options{Prefix: channel, ErrorHandler: onErr}, addrs...), nil
+		return newSharded(t, channel, scaleout.Options{ErrorHandler: onErr}, addrs...), nil
 	})
 	// Where each channel lives: the shard whose server counts subscribers.
 	home := func(ch string) int {
@@ -358,7 +356,7 @@ func TestFailoverShard(t *testing.T) {
 		}
 		return -1
 	}
-	nsShard := home(nodes[0].exc.ChannelOf(hns))
+	nsShard := home(nodes[0].eng.ChannelOf(hns))
 	if nsShard < 0 {
 		t.Fatal("no shard holds the namespace channel")
 	}

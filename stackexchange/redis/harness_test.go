@@ -21,6 +21,7 @@ import (
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/brokertest"
 	"github.com/neffos-contrib/scaleout/internal/neffostest"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
 
@@ -45,18 +46,8 @@ func ownRedis(t *testing.T, extra ...string) *brokertest.Redis {
 	return r
 }
 
-var hchannelSeq atomic.Int64
-
 // testChannel is a channel prefix unique to this test.
-func testChannel(t *testing.T) string {
-	name := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return '-'
-	}, t.Name())
-	return fmt.Sprintf("%s-%d-%d", name, time.Now().UnixNano()%1e6, hchannelSeq.Add(1))
-}
+func testChannel(t *testing.T) string { return testkit.Name(t, "") }
 
 // pubCall is one Publish neffos made on a node's exchange.
 type pubCall struct {
@@ -98,6 +89,7 @@ func (x *timedExchange) publishCalls() []pubCall {
 type hnode struct {
 	name      string
 	exc       *timedExchange
+	eng       *scaleout.Exchange // under exc
 	srv       *neffos.Server
 	url       string
 	prefix    string       // the exchange's channel prefix
@@ -109,16 +101,22 @@ type hnode struct {
 // *redis.StackExchange, or a *scaleout.Exchange built on redis.NewBroker.
 type engineExchange interface {
 	scaleout.StackExchange
-	ChannelOf(namespace string) string
-	NodeID() string
 	BrokerConns(ctx context.Context) (int, error)
+}
+
+// engineOf returns the engine under exc, whose ChannelOf and NodeID name
+// the node's channels.
+func engineOf(exc engineExchange) *scaleout.Exchange {
+	if s, ok := exc.(*redis.StackExchange); ok {
+		return redis.Engine(s)
+	}
+	return exc.(*scaleout.Exchange)
 }
 
 func startNode(t *testing.T, name string, cfg redis.Config, channel string) *hnode {
 	t.Helper()
 	return startNodeWith(t, name, func(onErr func(error)) (engineExchange, error) {
-		cfg.ErrorHandler = onErr
-		return redis.NewStackExchange(cfg, channel)
+		return redis.NewStackExchangeOptions(cfg, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 }
 
@@ -137,7 +135,8 @@ func startNodeWith(t *testing.T, name string, build func(onErr func(error)) (eng
 		t.Fatalf("node %s: building the exchange: %v", name, err)
 	}
 	n.exc = &timedExchange{engineExchange: exc}
-	n.prefix = strings.TrimSuffix(exc.ChannelOf("x"), ".ns.x")
+	n.eng = engineOf(exc)
+	n.prefix = strings.TrimSuffix(n.eng.ChannelOf("x"), ".ns.x")
 	n.srv = neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{hns: neffos.Events{}})
 	if err := n.srv.UseStackExchange(n.exc); err != nil {
 		_ = exc.Close()
@@ -152,7 +151,7 @@ func startNodeWith(t *testing.T, name string, build func(onErr func(error)) (eng
 }
 
 // nodeChannel is the node's own channel (Ask replies).
-func (n *hnode) nodeChannel() string { return n.prefix + ".node." + n.exc.NodeID() }
+func (n *hnode) nodeChannel() string { return n.prefix + ".node." + n.eng.NodeID() }
 
 // connChannel is the channel of a client id (neffos ids are UUIDs, which
 // the channel names keep as they are).
@@ -236,22 +235,6 @@ func (c *hclient) received() int {
 	return c.total
 }
 
-// countPrefix returns how many distinct bodies starting with prefix c got,
-// and how many of them more than once.
-func (c *hclient) countPrefix(prefix string) (distinct, dup int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for b, n := range c.got {
-		if strings.HasPrefix(b, prefix) {
-			distinct++
-			if n > 1 {
-				dup++
-			}
-		}
-	}
-	return distinct, dup
-}
-
 // waitFor waits until cond holds, re-checking whenever c records a
 // message, at most d.
 func (c *hclient) waitFor(d time.Duration, cond func() bool) bool {
@@ -297,18 +280,7 @@ func barrier(t *testing.T, tag string, nodes []*hnode, clients ...*hclient) {
 }
 
 // waitUntil polls cond until it holds or d passes.
-func waitUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
+func waitUntil(d time.Duration, cond func() bool) bool { return testkit.Until(d, cond) }
 
 // waitGoroutines waits until at most max goroutines run, at most d. It
 // returns the last count.
@@ -376,11 +348,5 @@ func waitSubscribed(raw *goredis.Client, want map[string]int64, d time.Duration)
 
 // watchdog panics with every goroutine's stack when the test hangs.
 func watchdog(t *testing.T, d time.Duration) {
-	name := t.Name()
-	timer := time.AfterFunc(d, func() {
-		var buf bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
-		panic(fmt.Sprintf("%s did not finish in %v\n%s", name, d, buf.String()))
-	})
-	t.Cleanup(func() { timer.Stop() })
+	testkit.Watchdog(t, d, fmt.Sprintf("%s did not finish in %v", t.Name(), d))
 }

@@ -39,7 +39,7 @@ func TestHostileRedisPayloads(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	nsChannel := a.exc.ChannelOf(hns)
+	nsChannel := a.eng.ChannelOf(hns)
 	if got, ok := waitSubscribed(raw, map[string]int64{
 		nsChannel: 2, a.nodeChannel(): 1, b.connChannel(b1.id): 1,
 	}, 10*time.Second); !ok {

@@ -2,20 +2,22 @@ package redis
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
 	"time"
 
 	goredis "github.com/go-redis/redis/v8"
+
+	"github.com/neffos-contrib/scaleout"
 )
 
 // ErrGoRedisLog wraps a line that go-redis logged (through its
 // process-wide logger) and that the exchange passes to Options.ErrorHandler
 // and Options.Logger instead of letting it reach stderr, such as "redis:
-// discarding bad PubSub connection: EOF" while Redis restarts.
-var ErrGoRedisLog = errors.New("scaleout/redis: go-redis")
+// discarding bad PubSub connection: EOF" while Redis restarts. Those lines
+// are about connections, so it wraps scaleout.ErrBrokerUnavailable.
+var ErrGoRedisLog = fmt.Errorf("scaleout/redis: go-redis: %w", scaleout.ErrBrokerUnavailable)
 
 // go-redis v8 has one logger for the whole process (goredis.SetLogger),
 // which writes to stderr by default. Importing this package replaces it,

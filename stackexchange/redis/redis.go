@@ -3,7 +3,6 @@ package redis
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -15,13 +14,25 @@ import (
 	"github.com/neffos-contrib/scaleout"
 )
 
+// Defaults of Config, applied by NewStackExchange.
+const (
+	// DefaultAddr is Config.Addr's default, as in neffos.
+	DefaultAddr = "127.0.0.1:6379"
+	// DefaultDialTimeout is Config.DialTimeout's default.
+	DefaultDialTimeout = 5 * time.Second
+	// DefaultMaxActive is Config.MaxActive's default.
+	DefaultMaxActive = 2
+)
+
 // Config is neffos's stackexchange/redis Config with the same fields and
-// defaults, plus additive ones. Its zero value connects to 127.0.0.1:6379.
+// defaults, plus additive ones. Its zero value connects to DefaultAddr.
+// Engine options (timeouts, queue size, error handler) are not part of it:
+// pass them to NewStackExchangeOptions.
 type Config struct {
 	// Network to use. Defaults to "tcp".
 	Network string
 	// Addr of a single redis server instance. See "Clusters" field for
-	// clusters support. Defaults to "127.0.0.1:6379".
+	// clusters support. Defaults to DefaultAddr ("127.0.0.1:6379").
 	Addr string
 	// Clusters a list of network addresses for clusters. If not empty
 	// "Addr" is ignored. Redis Cluster 7+ works (see NewClusterClient).
@@ -29,13 +40,14 @@ type Config struct {
 	// Password for AUTH. Empty means no AUTH.
 	Password string
 	// DialTimeout bounds connecting to Redis, NewStackExchange's first
-	// connection included. Zero means 5s; a negative value means 30s, as in
-	// neffos.
+	// connection included. Zero means DefaultDialTimeout (5s); a negative
+	// value means 30s, as in neffos.
 	DialTimeout time.Duration
 	// MaxActive is the size of the connection pool used to publish. The node
 	// also holds one pub/sub connection, so it keeps at most MaxActive+1
 	// connections to Redis however many websocket clients it serves.
-	// Defaults to 2 (neffos's default is 10: it needed one per client).
+	// Defaults to DefaultMaxActive, 2 (neffos's default is 10: it needed
+	// one per client).
 	MaxActive int
 
 	// Username for ACL AUTH (Redis 6+). Empty means the default user.
@@ -58,53 +70,59 @@ type Config struct {
 	// (Username and Password authenticate to Redis). Empty means no AUTH.
 	SentinelUsername string
 	SentinelPassword string
-
-	// Options configures the engine: timeouts, the per-connection queue,
-	// the error handler. Options.Prefix is ignored: the channel argument of
-	// NewStackExchange sets it.
-	scaleout.Options
 }
 
 // StackExchange is a neffos.StackExchange on Redis pub/sub (go-redis v8).
 // It is a drop-in replacement for neffos's stackexchange/redis: same
-// constructor and Config fields. All its methods are the engine's
-// (scaleout.Exchange); see there for what they cost.
+// constructor and Config fields. Its methods are those of the engine
+// (scaleout.Exchange), where their costs are documented; all are safe for
+// concurrent use.
 type StackExchange struct {
-	*scaleout.Exchange
+	eng *scaleout.Exchange
 }
 
 var _ scaleout.StackExchange = (*StackExchange)(nil)
 
 // NewStackExchange connects to Redis and returns a new exchange whose
 // channels all start with channel (use one per app that shares the Redis
-// server; "" means "neffos"). It returns an error wrapping
+// server; "" means scaleout.DefaultPrefix, "neffos"), with the engine's
+// default options. It returns an error wrapping
 // scaleout.ErrBrokerUnavailable when Redis does not answer within
-// DialTimeout. The exchange owns its Redis connections: Close closes them.
+// DialTimeout, and one wrapping scaleout.ErrInvalidConfig when cfg is
+// inconsistent. The exchange owns its Redis connections: Close closes
+// them.
 //
 // One server (Addr), a Redis Cluster (Clusters) and Sentinel (MasterName,
 // SentinelAddrs) are supported; each node holds one pub/sub connection and
 // at most MaxActive connections for PUBLISH (per cluster master it
 // publishes to).
 func NewStackExchange(cfg Config, channel string) (*StackExchange, error) {
+	return NewStackExchangeOptions(cfg, channel, scaleout.Options{})
+}
+
+// NewStackExchangeOptions is NewStackExchange with engine options: its
+// timeouts, per-connection queue and error handler. opts.PublishTimeout
+// also bounds the Redis connections' reads and writes.
+func NewStackExchangeOptions(cfg Config, channel string, opts scaleout.Options) (*StackExchange, error) {
 	if cfg.MasterName != "" && len(cfg.SentinelAddrs) == 0 {
-		return nil, errors.New("scaleout/redis: Config.MasterName needs Config.SentinelAddrs")
+		return nil, fmt.Errorf("%w: scaleout/redis: Config.MasterName needs Config.SentinelAddrs", scaleout.ErrInvalidConfig)
 	}
 	if cfg.Network == "" {
 		cfg.Network = "tcp"
 	}
 	if cfg.Addr == "" && len(cfg.Clusters) == 0 {
-		cfg.Addr = "127.0.0.1:6379"
+		cfg.Addr = DefaultAddr
 	}
 	if cfg.DialTimeout < 0 {
 		cfg.DialTimeout = 30 * time.Second
 	}
 	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = 5 * time.Second
+		cfg.DialTimeout = DefaultDialTimeout
 	}
 	if cfg.MaxActive <= 0 {
-		cfg.MaxActive = 2
+		cfg.MaxActive = DefaultMaxActive
 	}
-	opts := withDefaults(cfg.Options)
+	opts = withDefaults(opts)
 	name := "scaleout-" + randomHex()
 	addrs := cfg.Clusters
 	if cfg.MasterName != "" {
@@ -160,21 +178,20 @@ func NewStackExchange(cfg Config, channel string) (*StackExchange, error) {
 		b.Close()
 		return nil, fmt.Errorf("%w: redis %s: %w", scaleout.ErrBrokerUnavailable, strings.Join(addrs, ","), err)
 	}
-	opts.Prefix = channel
-	return &StackExchange{Exchange: scaleout.New(b, opts)}, nil
+	return &StackExchange{eng: scaleout.New(b, channel, opts)}, nil
 }
 
 // NewStackExchangeClient returns an exchange that publishes and subscribes
-// through the user's client. The exchange never closes client; its own
-// pub/sub connection (one, from client) is closed by Close. Options.Prefix
-// is the channel prefix ("" means "neffos").
+// through the user's client, with channel as NewStackExchange's and the
+// engine options opts. The exchange never closes client; its own pub/sub
+// connection (one, from client) is closed by Close.
 //
 // client is a *goredis.Client (goredis.NewClient, or
 // goredis.NewFailoverClient for Sentinel) or a *goredis.ClusterClient; for
 // Redis Cluster 7+ build it with NewClusterClient (go-redis's own fails on
 // Redis 7, and the error says so). Other kinds, such as a *goredis.Ring,
 // are rejected.
-func NewStackExchangeClient(client goredis.UniversalClient, opts scaleout.Options) (*StackExchange, error) {
+func NewStackExchangeClient(client goredis.UniversalClient, channel string, opts scaleout.Options) (*StackExchange, error) {
 	if err := checkClient(client); err != nil {
 		return nil, err
 	}
@@ -186,7 +203,7 @@ func NewStackExchangeClient(client goredis.UniversalClient, opts scaleout.Option
 		b.Close()
 		return nil, fmt.Errorf("%w: redis: %w", scaleout.ErrBrokerUnavailable, clusterHint(err))
 	}
-	return &StackExchange{Exchange: scaleout.New(b, opts)}, nil
+	return &StackExchange{eng: scaleout.New(b, channel, opts)}, nil
 }
 
 // NewBroker returns the broker side of an exchange on the user's client,
@@ -201,12 +218,68 @@ func NewStackExchangeClient(client goredis.UniversalClient, opts scaleout.Option
 //
 //	b1, _ := redis.NewBroker(goredis.NewClient(&goredis.Options{Addr: "10.0.0.1:6379"}))
 //	b2, _ := redis.NewBroker(goredis.NewClient(&goredis.Options{Addr: "10.0.0.2:6379"}))
-//	exc := scaleout.New(scaleout.Sharded(b1, b2), scaleout.Options{})
+//	exc := scaleout.New(scaleout.Sharded(b1, b2), "", scaleout.Options{})
 func NewBroker(client goredis.UniversalClient) (scaleout.Broker, error) {
 	if err := checkClient(client); err != nil {
 		return nil, err
 	}
 	return newBroker(client, false, ""), nil
+}
+
+// Init implements neffos.StackExchangeInitializer: it subscribes every
+// namespace's channel once for this node (scaleout.Exchange.Init).
+func (s *StackExchange) Init(namespaces neffos.Namespaces) error { return s.eng.Init(namespaces) }
+
+// OnConnect implements neffos.StackExchange (scaleout.Exchange.OnConnect).
+func (s *StackExchange) OnConnect(c *neffos.Conn) error { return s.eng.OnConnect(c) }
+
+// OnDisconnect implements neffos.StackExchange.
+func (s *StackExchange) OnDisconnect(c *neffos.Conn) { s.eng.OnDisconnect(c) }
+
+// Publish implements neffos.StackExchange (scaleout.Exchange.Publish).
+func (s *StackExchange) Publish(msgs []neffos.Message) bool { return s.eng.Publish(msgs) }
+
+// Subscribe implements neffos.StackExchange.
+func (s *StackExchange) Subscribe(c *neffos.Conn, namespace string) { s.eng.Subscribe(c, namespace) }
+
+// Unsubscribe implements neffos.StackExchange.
+func (s *StackExchange) Unsubscribe(c *neffos.Conn, namespace string) {
+	s.eng.Unsubscribe(c, namespace)
+}
+
+// Ask implements neffos.StackExchange (scaleout.Exchange.Ask).
+func (s *StackExchange) Ask(ctx context.Context, msg neffos.Message, token string) (neffos.Message, error) {
+	return s.eng.Ask(ctx, msg, token)
+}
+
+// NotifyAsk implements neffos.StackExchange.
+func (s *StackExchange) NotifyAsk(msg neffos.Message, token string) error {
+	return s.eng.NotifyAsk(msg, token)
+}
+
+// Close stops the exchange (scaleout.Exchange.Close) and closes the Redis
+// connections it opened. It is idempotent.
+func (s *StackExchange) Close() error { return s.eng.Close() }
+
+// Stats returns the engine's counters (scaleout.Exchange.Stats): atomic
+// loads, no lock.
+func (s *StackExchange) Stats() scaleout.Stats { return s.eng.Stats() }
+
+// BrokerConns returns how many connections this node holds on Redis, from
+// CLIENT LIST (one round trip per Redis server: on a cluster, to every
+// node). For tests and monitoring; see scaleout.Exchange.BrokerConns. An
+// exchange on the user's client (NewStackExchangeClient) cannot tell its
+// connections apart and returns an error wrapping errors.ErrUnsupported.
+func (s *StackExchange) BrokerConns(ctx context.Context) (int, error) {
+	return s.eng.BrokerConns(ctx)
+}
+
+// NamespaceSubscribers returns how many subscriptions Redis counts on the
+// channel of namespace (PUBSUB NUMSUB, one round trip per Redis server):
+// one per node. For
+// tests and monitoring; see scaleout.Exchange.NamespaceSubscribers.
+func (s *StackExchange) NamespaceSubscribers(ctx context.Context, namespace string) (int, error) {
+	return s.eng.NamespaceSubscribers(ctx, namespace)
 }
 
 func withDefaults(o scaleout.Options) scaleout.Options {

@@ -10,7 +10,6 @@ import (
 
 	goredis "github.com/go-redis/redis/v8"
 	"github.com/kataras/neffos"
-	"github.com/kataras/neffos/gorilla"
 	"go.uber.org/goleak"
 
 	"github.com/neffos-contrib/scaleout"
@@ -72,7 +71,7 @@ func needRedis(t testing.TB) string {
 func factoryAt(addr string) stackexchangetest.Factory {
 	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		t.Helper()
-		exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: opts}, channel)
+		exc, err := redis.NewStackExchangeOptions(redis.Config{Addr: addr}, channel, opts)
 		if err != nil {
 			t.Fatalf("NewStackExchange: %v", err)
 		}
@@ -111,7 +110,7 @@ func TestUnreachable(t *testing.T) {
 func TestUserClientIsNotClosed(t *testing.T) {
 	client := goredis.NewClient(&goredis.Options{Addr: needRedis(t)})
 	defer client.Close()
-	exc, err := redis.NewStackExchangeClient(client, scaleout.Options{Prefix: "userclient"})
+	exc, err := redis.NewStackExchangeClient(client, "userclient", scaleout.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,12 +145,5 @@ func TestDropIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"default": neffos.Events{}})
-	if err := server.UseStackExchange(exc); err != nil {
-		t.Fatal(err)
-	}
-	server.Close()
-	if err := exc.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stackexchangetest.UseAndClose(t, exc)
 }

@@ -17,47 +17,46 @@ import (
 	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
 )
 
-// Distributed Redis topologies (issue 11), each started by the test as
+// Distributed Redis topologies, each started by the test as
 // real processes on loopback ports: a Redis Cluster of 3 masters and 3
 // replicas, Sentinel (1 master, 1 replica, 3 sentinels), and 3 independent
 // redis-servers sharded by channel (scaleout.Sharded).
 
 // ownCluster starts a 3-master, 3-replica Redis Cluster for this test.
-func ownCluster(t *testing.T) *brokertest.RedisCluster {
+func ownCluster(t *testing.T) *brokertest.RedisCluster { return own(t, startCluster) }
+
+// ownSentinel starts 1 master, 1 replica and 3 sentinels for this test.
+func ownSentinel(t *testing.T) *brokertest.RedisSentinel { return own(t, startSentinel) }
+
+// own starts a topology with start for this test only.
+func own[T interface{ Stop() }](t *testing.T, start func(*testing.T) T) T {
 	t.Helper()
-	c := startCluster(t)
-	t.Cleanup(c.Stop)
-	return c
+	x := start(t)
+	t.Cleanup(x.Stop)
+	return x
 }
 
 func startCluster(t *testing.T) *brokertest.RedisCluster {
-	t.Helper()
-	start := time.Now()
-	c, err := brokertest.StartRedisCluster(3, 1)
-	if err != nil {
-		brokertest.Missing(t, "Redis Cluster", fmt.Sprintf("install redis-server and redis-cli (Redis 7): %v", err))
-	}
-	t.Logf("Redis Cluster (3 masters, 3 replicas) ready in %v", time.Since(start).Round(time.Millisecond))
-	return c
-}
-
-// ownSentinel starts 1 master, 1 replica and 3 sentinels for this test.
-func ownSentinel(t *testing.T) *brokertest.RedisSentinel {
-	t.Helper()
-	s := startSentinel(t)
-	t.Cleanup(s.Stop)
-	return s
+	return startTopology(t, "Redis Cluster (3 masters, 3 replicas)", "install redis-server and redis-cli (Redis 7)",
+		func() (*brokertest.RedisCluster, error) { return brokertest.StartRedisCluster(3, 1) })
 }
 
 func startSentinel(t *testing.T) *brokertest.RedisSentinel {
+	return startTopology(t, "Sentinel setup (1 master, 1 replica, 3 sentinels)", "install redis-server (Redis 7, runs as a sentinel with --sentinel)",
+		brokertest.StartRedisSentinel)
+}
+
+// startTopology starts what (a set of processes) with start; when it
+// cannot, the test fails, or is skipped outside CI with how-to.
+func startTopology[T any](t *testing.T, what, howto string, start func() (T, error)) T {
 	t.Helper()
-	start := time.Now()
-	s, err := brokertest.StartRedisSentinel()
+	begin := time.Now()
+	x, err := start()
 	if err != nil {
-		brokertest.Missing(t, "Redis Sentinel", fmt.Sprintf("install redis-server (Redis 7, runs as a sentinel with --sentinel): %v", err))
+		brokertest.Missing(t, what, fmt.Sprintf("%s: %v", howto, err))
 	}
-	t.Logf("Sentinel setup (1 master, 1 replica, 3 sentinels) ready in %v", time.Since(start).Round(time.Millisecond))
-	return s
+	t.Logf("%s ready in %v", what, time.Since(begin).Round(time.Millisecond))
+	return x
 }
 
 // The tests that kill nothing share one cluster and one Sentinel setup,
@@ -70,23 +69,23 @@ var shared struct {
 }
 
 func sharedCluster(t *testing.T) *brokertest.RedisCluster {
-	t.Helper()
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.cluster == nil {
-		shared.cluster = startCluster(t)
-	}
-	return shared.cluster
+	return sharedOf(t, &shared.cluster, startCluster)
 }
 
 func sharedSentinel(t *testing.T) *brokertest.RedisSentinel {
+	return sharedOf(t, &shared.sentinel, startSentinel)
+}
+
+// sharedOf returns *p, started with start by the first test that asks.
+func sharedOf[T comparable](t *testing.T, p *T, start func(*testing.T) T) T {
 	t.Helper()
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
-	if shared.sentinel == nil {
-		shared.sentinel = startSentinel(t)
+	var zero T
+	if *p == zero {
+		*p = start(t)
 	}
-	return shared.sentinel
+	return *p
 }
 
 // stopShared stops what sharedCluster and sharedSentinel started.
@@ -138,9 +137,7 @@ func sentinelConfig(s *brokertest.RedisSentinel) redis.Config {
 func configFactory(cfg redis.Config) stackexchangetest.Factory {
 	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		t.Helper()
-		c := cfg
-		c.Options = opts
-		exc, err := redis.NewStackExchange(c, channel)
+		exc, err := redis.NewStackExchangeOptions(cfg, channel, opts)
 		if err != nil {
 			t.Fatalf("NewStackExchange: %v", err)
 		}
@@ -151,7 +148,7 @@ func configFactory(cfg redis.Config) stackexchangetest.Factory {
 // newSharded returns an engine over one redis.NewBroker per address,
 // through scaleout.Sharded; the clients close when the test ends (the
 // brokers never close a user's client).
-func newSharded(t testing.TB, opts scaleout.Options, addrs ...string) *scaleout.Exchange {
+func newSharded(t testing.TB, channel string, opts scaleout.Options, addrs ...string) *scaleout.Exchange {
 	t.Helper()
 	shards := make([]scaleout.Broker, len(addrs))
 	for i, addr := range addrs {
@@ -164,14 +161,13 @@ func newSharded(t testing.TB, opts scaleout.Options, addrs ...string) *scaleout.
 		}
 		shards[i] = b
 	}
-	return scaleout.New(scaleout.Sharded(shards...), opts)
+	return scaleout.New(scaleout.Sharded(shards...), channel, opts)
 }
 
 func shardedFactory(addrs ...string) stackexchangetest.Factory {
 	return func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
 		t.Helper()
-		opts.Prefix = channel
-		return newSharded(t, opts, addrs...)
+		return newSharded(t, channel, opts, addrs...)
 	}
 }
 
@@ -220,7 +216,7 @@ func TestUserClusterClient(t *testing.T) {
 	c := sharedCluster(t)
 	plain := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: c.Addrs(), MaxRetries: -1})
 	defer plain.Close()
-	exc, err := redis.NewStackExchangeClient(plain, scaleout.Options{Prefix: testChannel(t)})
+	exc, err := redis.NewStackExchangeClient(plain, testChannel(t), scaleout.Options{})
 	if err == nil {
 		exc.Close()
 		t.Log("go-redis v8 read Redis's CLUSTER SLOTS by itself (not Redis 7?)")
@@ -234,7 +230,7 @@ func TestUserClusterClient(t *testing.T) {
 	defer client.Close()
 	channel := testChannel(t)
 	crossCheck(t, func(onErr func(error)) (engineExchange, error) {
-		return redis.NewStackExchangeClient(client, scaleout.Options{Prefix: channel, ErrorHandler: onErr})
+		return redis.NewStackExchangeClient(client, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 }
 
@@ -247,6 +243,6 @@ func TestUserFailoverClient(t *testing.T) {
 	defer client.Close()
 	channel := testChannel(t)
 	crossCheck(t, func(onErr func(error)) (engineExchange, error) {
-		return redis.NewStackExchangeClient(client, scaleout.Options{Prefix: channel, ErrorHandler: onErr})
+		return redis.NewStackExchangeClient(client, channel, scaleout.Options{ErrorHandler: onErr})
 	})
 }

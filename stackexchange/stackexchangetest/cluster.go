@@ -7,9 +7,7 @@ import (
 	"net"
 	"net/http"
 	neturl "net/url"
-	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/neffostest"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 )
 
 // Events the suite uses.
@@ -163,20 +162,7 @@ func (cl *cluster) restart(i int) {
 	cl.nodes[i] = cl.startNode(i)
 }
 
-var channelSeq atomic.Int64
-
-func uniqueChannel(t *testing.T) string {
-	name := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return '-'
-	}, t.Name())
-	if len(name) > 40 {
-		name = name[len(name)-40:]
-	}
-	return fmt.Sprintf("sxt%d-%d-%s", time.Now().UnixNano()%1e9, channelSeq.Add(1), name)
-}
+func uniqueChannel(t *testing.T) string { return testkit.Name(t, "sxt") }
 
 func (cl *cluster) serverHandler(nd *node) neffos.ConnHandler {
 	if cl.native {
@@ -455,18 +441,7 @@ func withBody(event, body string) func(received) bool {
 }
 
 // waitUntil polls cond until it holds or d passes.
-func waitUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
+func waitUntil(d time.Duration, cond func() bool) bool { return testkit.Until(d, cond) }
 
 // waitFor waits until c has at least n messages matching match.
 func (c *client) waitFor(d time.Duration, n int, match func(received) bool) bool {
@@ -516,8 +491,7 @@ func expectCount(t *testing.T, rule string, c *client, want int, event, body str
 // watchdog fails a hung implementation instead of letting it hang the run:
 // when d passes it panics with every goroutine's stack.
 func watchdog(t *testing.T, d time.Duration) {
-	timer := panicAfter(d, fmt.Sprintf("stackexchangetest: %s did not finish in %v: the exchange hangs", t.Name(), d))
-	t.Cleanup(func() { timer.Stop() })
+	testkit.Watchdog(t, d, fmt.Sprintf("stackexchangetest: %s did not finish in %v: the exchange hangs", t.Name(), d))
 }
 
 // callTimeout bounds every single call that guard runs.
@@ -529,18 +503,9 @@ const callTimeout = 5 * time.Second
 // would also block the test's cleanup, so guard panics with the rule, the
 // call and every goroutine's stack rather than hang the run.
 func guard(t *testing.T, what string, call func()) {
-	timer := panicAfter(callTimeout, fmt.Sprintf("stackexchangetest: %s: %s blocked for more than %v: the exchange deadlocks", t.Name(), what, callTimeout))
+	timer := testkit.PanicAfter(callTimeout, fmt.Sprintf("stackexchangetest: %s: %s blocked for more than %v: the exchange deadlocks", t.Name(), what, callTimeout))
 	defer timer.Stop()
 	call()
-}
-
-// panicAfter panics with msg and every goroutine's stack when d passes,
-// unless the returned timer is stopped first.
-func panicAfter(d time.Duration, msg string) *time.Timer {
-	return time.AfterFunc(d, func() {
-		debug.SetTraceback("all")
-		panic(msg)
-	})
 }
 
 var (

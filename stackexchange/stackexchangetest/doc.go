@@ -6,7 +6,7 @@
 //
 //	func TestConformance(t *testing.T) {
 //		stackexchangetest.Run(t, func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange {
-//			exc, err := redis.NewStackExchange(redis.Config{Addr: addr, Options: opts}, channel)
+//			exc, err := redis.NewStackExchangeOptions(redis.Config{Addr: addr}, channel, opts)
 //			if err != nil {
 //				t.Fatal(err)
 //			}
@@ -22,10 +22,13 @@
 // resources released on disconnect; 500 fresh clients that each get a
 // broadcast sent the moment their Connect returned; and with 300 clients on
 // 3 nodes, at most 3 broker connections per node and one namespace
-// subscription per node (when the exchange implements scaleout.Inspector);
-// broadcasts from neffos's leave handlers, slow error handlers, a restarted
-// node. RunFaults and RunRedundancyFaults add the rules that kill broker
-// processes the test owns.
+// subscription per node (when the exchange has the BrokerConns and
+// NamespaceSubscribers methods of scaleout.Exchange); broadcasts from
+// neffos's leave handlers, slow error handlers, a restarted node; errors
+// that wrap scaleout's sentinels. RunFaults, RunRedundancyFaults and
+// RunClusterFaults add the rules that kill or pause broker processes the
+// test owns (one Process interface for every backend). RunBroker checks a
+// scaleout.Broker on its own, for adapter authors.
 //
 // A rule passes engine options to the factory (opts: an ErrorHandler, a
 // Logger, a small QueueSize; the zero value for most rules). Rules also

@@ -19,8 +19,7 @@ func ExampleFactory() {
 		if brokers[channel] == nil {
 			brokers[channel] = scaleout.NewMemoryBroker()
 		}
-		opts.Prefix = channel // opts carries what a rule needs; the channel is the prefix
-		return scaleout.New(brokers[channel].Broker(), opts)
+		return scaleout.New(brokers[channel].Broker(), channel, opts) // opts carries what a rule needs
 	}
 	// Run calls it once per node; here, by hand, for two nodes of one app.
 	a := factory(nil, "app", scaleout.Options{}).(scaleout.StackExchange)

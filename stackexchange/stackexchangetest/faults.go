@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/kataras/neffos"
-
-	"github.com/neffos-contrib/scaleout"
 )
 
 // Process is a broker server process that a fault rule may kill and start
@@ -24,6 +22,11 @@ type Process interface {
 	Kill() error
 	// Restart starts it again on the same address.
 	Restart() error
+	// Pause stops the process without closing its sockets (SIGSTOP):
+	// connections stay open and nobody answers.
+	Pause() error
+	// Resume continues a paused process (SIGCONT).
+	Resume() error
 }
 
 // FaultFactory starts the broker processes of a test's own and returns
@@ -35,10 +38,27 @@ type FaultFactory func(t *testing.T) ([]Process, Factory)
 // RunFaults checks the rules that take a broker down, against the
 // exchanges f builds on broker processes of their own. Each rule is a named
 // subtest with a watchdog, like Run's.
+//
+// Rules Fault/Kill, Fault/Pause and Fault/PauseUnderLoad take the first
+// process away (SIGKILL then a restart 3 s later; SIGSTOP then SIGCONT 5 s
+// later, with 1-byte and with 16 KB messages) while two nodes publish, and
+// check what testOutage lists: Publish bounded and false during the
+// outage, local clients (old and new) served, recovery by itself, no
+// duplicate, no goroutine left behind. Rule Fault/Kill/CloseReturns kills
+// the broker under a started exchange: Close must return within 10 s and
+// leave no goroutine.
 func RunFaults(t *testing.T, f FaultFactory) {
 	runFaults(t, f, 1, append([]faultRule{
 		{"Fault/KillRestart/NothingLostAfterReturn", testKillRestart},
+		{"Fault/Kill/ServedLocallyRecovers", outageRule(outageKill)},
+		{"Fault/Pause/ServedLocallyRecovers", outageRule(outagePause)},
+		{"Fault/PauseUnderLoad/ServedLocallyRecovers", outageRule(outagePauseLoad)},
+		{"Fault/Kill/CloseReturns", testCloseBrokerDown},
 	}, repairRules...))
+}
+
+func outageRule(o outage) func(*testing.T, []Process, Factory) {
+	return func(t *testing.T, ps []Process, f Factory) { testOutage(t, ps, f, o) }
 }
 
 // RunRedundancyFaults checks the rules of an exchange over several brokers
@@ -231,11 +251,11 @@ func testKillRestart(t *testing.T, ps []Process, f Factory) {
 
 // resubscribed reports whether every node subscribes the namespace's
 // channel on the broker again, as far as the exchanges can tell
-// (scaleout.Inspector); without an Inspector it reports true.
+// (BrokerConns and NamespaceSubscribers); without them it reports true.
 func resubscribed(t *testing.T, cl *cluster) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	in, ok := cl.nodes[0].exc.(scaleout.Inspector)
+	in, ok := cl.nodes[0].exc.(inspector)
 	if !ok {
 		return true
 	}

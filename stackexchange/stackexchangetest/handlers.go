@@ -46,20 +46,14 @@ func testXLeft(t *testing.T, f Factory) {
 	const broadcastEvery, maxBroadcasts = 5 * time.Millisecond, 30000
 	cl := newCluster(t, f, Nodes, []string{nsXLeft}, false)
 	g := dialOpts{guard: t}
-	var watchers []*client
-	for i := range cl.nodes {
-		for j := 0; j < watchersPerNode; j++ {
-			c, err := cl.dialWith(fmt.Sprintf("watcher%d.%d", i, j), i, g, nsXLeft)
-			if err != nil {
-				t.Fatalf("%s: dial watcher: %v", rule, err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			guard(t, "JoinRoom "+c.name, func() { _, err = c.join(ctx, nsXLeft, roomWatch) })
-			cancel()
-			if err != nil {
-				t.Fatalf("%s: watcher joins %q: %v", rule, roomWatch, err)
-			}
-			watchers = append(watchers, c)
+	watchers := spreadGuarded(t, cl, rule, "watcher", watchersPerNode, nsXLeft)
+	for _, c := range watchers {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		guard(t, "JoinRoom "+c.name, func() { _, err = c.join(ctx, nsXLeft, roomWatch) })
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: watcher joins %q: %v", rule, roomWatch, err)
 		}
 	}
 
@@ -131,25 +125,9 @@ func testXLeft(t *testing.T, f Factory) {
 			fail(fmt.Errorf("%s: leave: %w", name, err))
 		}
 	}
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				cycle(i)
-			}
-		}()
-	}
 	start := time.Now()
 	deadline := start.Add(bound)
-	done := 0
-	for ; done < cycles && time.Now().Before(deadline); done++ {
-		next <- done
-	}
-	close(next)
-	wg.Wait()
+	done := runParallel(parallel, func(i int) bool { return i < cycles && time.Now().Before(deadline) }, cycle)
 	close(stop)
 	bwg.Wait()
 	t.Logf("%d connect/join/leave cycles in %v; broadcasts per node: %v", done, time.Since(start).Round(time.Millisecond), sent)
@@ -278,16 +256,7 @@ func testSlowErrorHandler(t *testing.T, f Factory) {
 	}
 	cl := newClusterOpts(t, f, Nodes, []string{ns}, false, opts)
 	g := dialOpts{guard: t}
-	var healthy []*client
-	for i := range cl.nodes {
-		for j := 0; j < healthyPerNode; j++ {
-			c, err := cl.dialWith(fmt.Sprintf("healthy%d.%d", i, j), i, g, ns)
-			if err != nil {
-				t.Fatalf("%s: dial: %v", rule, err)
-			}
-			healthy = append(healthy, c)
-		}
-	}
+	healthy := spreadGuarded(t, cl, rule, "healthy", healthyPerNode, ns)
 	var slow []*client
 	for i := range cl.nodes {
 		o := g
@@ -337,34 +306,21 @@ func testSlowErrorHandler(t *testing.T, f Factory) {
 		failures int
 		firstErr error
 	)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				c, err := cl.dialWith(fmt.Sprintf("storm%d", i), i%Nodes, g, ns)
-				dialed.Add(1)
-				if err != nil {
-					failMu.Lock()
-					failures++
-					if firstErr == nil {
-						firstErr = err
-					}
-					failMu.Unlock()
-					continue
-				}
-				stormers[i] = c
-			}
-		}()
-	}
 	start := time.Now()
-	for i := 0; i < storm; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	runParallel(parallel, func(i int) bool { return i < storm }, func(i int) {
+		c, err := cl.dialWith(fmt.Sprintf("storm%d", i), i%Nodes, g, ns)
+		dialed.Add(1)
+		if err != nil {
+			failMu.Lock()
+			failures++
+			if firstErr == nil {
+				firstErr = err
+			}
+			failMu.Unlock()
+			return
+		}
+		stormers[i] = c
+	})
 	t.Logf("%d clients connected in %v", storm-failures, time.Since(start).Round(time.Millisecond))
 	bg.Wait()
 	if failures > 0 {
@@ -419,4 +375,46 @@ func (w sleepyWriter) Write(p []byte) (int, error) {
 	time.Sleep(w.d)
 	w.n.Add(1)
 	return len(p), nil
+}
+
+// spreadGuarded dials perNode clients named "<name><node>.<n>" to every
+// node on namespace, each neffos call under guard, and fails rule when one
+// cannot connect.
+func spreadGuarded(t *testing.T, cl *cluster, rule, name string, perNode int, namespace string) []*client {
+	t.Helper()
+	var cs []*client
+	for i := range cl.nodes {
+		for j := 0; j < perNode; j++ {
+			c, err := cl.dialWith(fmt.Sprintf("%s%d.%d", name, i, j), i, dialOpts{guard: t}, namespace)
+			if err != nil {
+				t.Fatalf("%s: dial %s: %v", rule, name, err)
+			}
+			cs = append(cs, c)
+		}
+	}
+	return cs
+}
+
+// runParallel calls fn(0), fn(1), ... on workers goroutines, as long as
+// more(i) holds for the next i, and returns how many it called once they
+// all returned.
+func runParallel(workers int, more func(i int) bool, fn func(i int)) int {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				fn(i)
+			}
+		}()
+	}
+	n := 0
+	for ; more(n); n++ {
+		next <- n
+	}
+	close(next)
+	wg.Wait()
+	return n
 }

@@ -275,11 +275,7 @@ func testRepair(t *testing.T, ps []Process, f Factory, rc repairCase) {
 	down := time.Now()
 	if rc.pause {
 		for _, p := range ps {
-			pp, ok := p.(Pauser)
-			if !ok {
-				t.Fatal("the broker process cannot be paused (Pauser)")
-			}
-			if err := pp.Pause(); err != nil {
+			if err := p.Pause(); err != nil {
 				t.Fatalf("pause a broker: %v", err)
 			}
 		}
@@ -289,7 +285,7 @@ func testRepair(t *testing.T, ps []Process, f Factory, rc repairCase) {
 	time.Sleep(rc.outage) // the outage's length, not synchronisation
 	if rc.pause {
 		for _, p := range ps {
-			if err := p.(Pauser).Resume(); err != nil {
+			if err := p.Resume(); err != nil {
 				t.Fatalf("resume a broker: %v", err)
 			}
 		}
@@ -369,11 +365,4 @@ func testRepair(t *testing.T, ps []Process, f Factory, rc repairCase) {
 	if lastAfter > repairWithin {
 		t.Errorf("the last delivery came %v after the broker's return; want within %v", lastAfter, repairWithin)
 	}
-}
-
-// Pauser is a broker process that a fault rule may also freeze (SIGSTOP)
-// and thaw (SIGCONT): its connections stay open but nothing is answered.
-type Pauser interface {
-	Pause() error
-	Resume() error
 }

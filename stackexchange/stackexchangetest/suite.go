@@ -24,9 +24,8 @@ import (
 // opts are the engine options the rule needs (ErrorHandler, Logger,
 // QueueSize, ...), and the zero value for most rules; the factory passes
 // them to the engine as they are (an exchange that is not built on
-// scaleout.Exchange may ignore them). opts.Prefix is never set: channel is
-// the prefix, passed as the adapter's channel (or SubjectPrefix) argument
-// as before.
+// scaleout.Exchange may ignore them). channel is the prefix: the
+// adapter's channel argument or SubjectPrefix, scaleout.New's prefix.
 type Factory func(t testing.TB, channel string, opts scaleout.Options) neffos.StackExchange
 
 // Nodes is the number of nodes each rule runs on.
@@ -46,8 +45,9 @@ const ns = "chat"
 // Handlers/SlowErrorHandler) also bound every single neffos call they make
 // to 5 s, and panic with every goroutine's stack when one is blocked longer.
 //
-// When the exchanges implement scaleout.Inspector (the broker reports what
-// its server counts) the suite also checks the O(1)-per-node rule; when they
+// When the exchanges have the methods BrokerConns and NamespaceSubscribers
+// of scaleout.Exchange (the broker reports what its server counts) the
+// suite also checks the O(1)-per-node rule; when they
 // implement Stats() scaleout.Stats it checks that disconnects release
 // everything.
 func Run(t *testing.T, f Factory) { run(t, f, !testing.Short()) }
@@ -85,6 +85,7 @@ func run(t *testing.T, f Factory, heavy bool) {
 		{"Ask/ToNowhere/FailsFast", testAskNowhere, 0, false},
 		{"Ask/Concurrent/NoBrokerConnPerAsk", testAskConcurrent, 0, false},
 		{"Ask/KnownError", testAskKnownError, 0, false},
+		{"Errors/Sentinels", testErrorSentinels, 0, false},
 		{"Emit/ClientToServer", testEmitClientToServer, 0, false},
 		{"Emit/ServerToClient", testEmitServerToClient, 0, false},
 		{"Disconnect/ReleasesResources", testRelease, 0, false},
@@ -635,6 +636,14 @@ func testAskConcurrent(t *testing.T, f Factory) {
 	}
 }
 
+// inspector is what the suite detects on an exchange to check the
+// O(1)-per-node rule: the broker server's own counts (scaleout.Exchange and
+// the adapters have these methods; see scaleout.Exchange.BrokerConns).
+type inspector interface {
+	BrokerConns(ctx context.Context) (int, error)
+	NamespaceSubscribers(ctx context.Context, namespace string) (int, error)
+}
+
 // brokerConns returns each node's broker connection count, -1 where the
 // exchange cannot tell.
 func brokerConns(t *testing.T, cl *cluster) []int {
@@ -642,7 +651,7 @@ func brokerConns(t *testing.T, cl *cluster) []int {
 	out := make([]int, len(cl.nodes))
 	for i, nd := range cl.nodes {
 		out[i] = -1
-		in, ok := nd.exc.(scaleout.Inspector)
+		in, ok := nd.exc.(inspector)
 		if !ok {
 			continue
 		}
@@ -806,7 +815,7 @@ func testScale(t *testing.T, f Factory) {
 			t.Errorf("node %d holds %d broker connections for %d clients, want at most 3", i, n, clients/Nodes)
 		}
 	}
-	in, ok := cl.nodes[0].exc.(scaleout.Inspector)
+	in, ok := cl.nodes[0].exc.(inspector)
 	if !ok {
 		return
 	}
