@@ -85,7 +85,7 @@ type Conn struct {
 	Rooms map[string][]string
 }
 
-// Presence is the answer of Exchange.Conns.
+// Presence is the answer of Cluster.Conns.
 type Presence struct {
 	// Conns are the matching connections, every answering node's.
 	Conns []Conn
@@ -93,7 +93,7 @@ type Presence struct {
 	Missing []string
 }
 
-// SurveyResult is the answer of Exchange.Survey.
+// SurveyResult is the answer of Cluster.Survey.
 type SurveyResult struct {
 	// Replies maps each answering node's id to its reply.
 	Replies map[string][]byte
@@ -194,9 +194,20 @@ func (c *controls) complete(id uint64, r ctlReply) {
 	}
 }
 
+// Cluster is the cluster-wide side of an Exchange: the live nodes, the
+// connections on every node, remote control of a connection wherever it
+// is, and messages between nodes. Get it from Exchange.Cluster (or the
+// adapters' Cluster). Its methods are safe for concurrent use.
+type Cluster struct{ e *Exchange }
+
+// Cluster returns the exchange's cluster operations. Free: no allocation
+// beyond the small handle.
+func (e *Exchange) Cluster() *Cluster { return &Cluster{e: e} }
+
 // Nodes returns the live nodes of the cluster, this one first: those heard
 // from within NodeExpiry. It reads the node's own table (no broker call).
-func (e *Exchange) Nodes() []Node {
+func (c *Cluster) Nodes() []Node {
+	e := c.e
 	self := Node{ID: e.node, Addr: e.opts.Addr, Self: true, Conns: int(e.hub.conns.Load()), Namespaces: e.namespaceList(), Uptime: time.Since(e.started), Stats: e.Stats(), LastSeen: time.Now()}
 	others := e.nodes.list()
 	sort.Slice(others, func(i, j int) bool { return others[i].ID < others[j].ID })
@@ -226,7 +237,8 @@ func (e *Exchange) peers() []string {
 // that did not answer are named in Presence.Missing. An answer is one
 // broker message per node, so it is bounded by the broker's payload limit
 // (NATS: 1 MB by default, about 20,000 connections).
-func (e *Exchange) Conns(ctx context.Context, namespace, room string) (Presence, error) {
+func (c *Cluster) Conns(ctx context.Context, namespace, room string) (Presence, error) {
+	e := c.e
 	var p Presence
 	p.Conns = e.hub.presence(e.node, namespace, room)
 	err := e.request(ctx, envelope{event: opConns, namespace: namespace, room: room}, func(r ctlReply) bool {
@@ -240,7 +252,8 @@ func (e *Exchange) Conns(ctx context.Context, namespace, room string) (Presence,
 
 // Count counts the connections Conns would list, at the same cost minus
 // the lists: one request, one short answer per node.
-func (e *Exchange) Count(ctx context.Context, namespace, room string) (n int, missing []string, err error) {
+func (c *Cluster) Count(ctx context.Context, namespace, room string) (n int, missing []string, err error) {
+	e := c.e
 	n = len(e.hub.presence(e.node, namespace, room))
 	err = e.request(ctx, envelope{event: opCount, namespace: namespace, room: room}, func(r ctlReply) bool {
 		if v, k := binary.Uvarint(r.body); k > 0 {
@@ -258,7 +271,8 @@ func (e *Exchange) Count(ctx context.Context, namespace, room string) (n int, mi
 // nodes that did not answer, when its deadline came first. Cost: nothing
 // on the broker when this node holds it; otherwise one request and one
 // answer per node.
-func (e *Exchange) Disconnect(ctx context.Context, id string) error {
+func (c *Cluster) Disconnect(ctx context.Context, id string) error {
+	e := c.e
 	return e.control(ctx, envelope{event: opDisconnect, to: id})
 }
 
@@ -266,20 +280,23 @@ func (e *Exchange) Disconnect(ctx context.Context, id string) error {
 // whichever node holds it: neffos's server-side NSConn.JoinRoom runs there
 // (it asks the client, and fires OnRoomJoin/OnRoomJoined). Errors and cost
 // as Disconnect; the client's refusal comes back as an error.
-func (e *Exchange) JoinRoom(ctx context.Context, id, namespace, room string) error {
+func (c *Cluster) JoinRoom(ctx context.Context, id, namespace, room string) error {
+	e := c.e
 	return e.control(ctx, envelope{event: opJoin, to: id, namespace: namespace, room: room})
 }
 
 // LeaveRoom makes the connection with id leave room in namespace, on
 // whichever node holds it (neffos's Room.Leave runs there). Errors and cost
 // as Disconnect.
-func (e *Exchange) LeaveRoom(ctx context.Context, id, namespace, room string) error {
+func (c *Cluster) LeaveRoom(ctx context.Context, id, namespace, room string) error {
+	e := c.e
 	return e.control(ctx, envelope{event: opLeave, to: id, namespace: namespace, room: room})
 }
 
 // Emit hands event and body to Options.OnNodeMessage on every other node,
 // without waiting for them: one publish. Nodes without a handler ignore it.
-func (e *Exchange) Emit(event string, body []byte) error {
+func (c *Cluster) Emit(event string, body []byte) error {
+	e := c.e
 	if err := e.start(); err != nil {
 		return err
 	}
@@ -292,7 +309,8 @@ func (e *Exchange) Emit(event string, body []byte) error {
 // waits for every live node until ctx's deadline (without one,
 // SubscribeTimeout plus PublishTimeout); the nodes that did not answer are
 // named in SurveyResult.Missing. Cost: one publish, one answer per node.
-func (e *Exchange) Survey(ctx context.Context, event string, body []byte) (SurveyResult, error) {
+func (c *Cluster) Survey(ctx context.Context, event string, body []byte) (SurveyResult, error) {
+	e := c.e
 	res := SurveyResult{Replies: map[string][]byte{}, Errors: map[string]error{}}
 	err := e.request(ctx, envelope{event: opSurvey, body: userBody(event, body)}, func(r ctlReply) bool {
 		if r.err != nil {

@@ -137,9 +137,9 @@ type Options struct {
 	// per message. Default DefaultRetainBytes (64 MiB).
 	RetainBytes int
 	// Addr is this node's address as other nodes and tools should see it
-	// (Exchange.Nodes); optional, informational.
+	// (Cluster.Nodes); optional, informational.
 	Addr string
-	// OnNodeMessage handles Exchange.Emit and Exchange.Survey from other
+	// OnNodeMessage handles Cluster.Emit and Cluster.Survey from other
 	// nodes: from is the sending node's id; the result is the survey's
 	// reply (ignored for Emit). It runs on one of the engine's 4 control
 	// goroutines, never under an engine lock; a slow handler delays other

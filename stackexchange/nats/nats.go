@@ -256,6 +256,11 @@ func (s *StackExchange) NotifyAsk(msg neffos.Message, token string) error {
 // connection when the exchange opened it. It is idempotent.
 func (s *StackExchange) Close() error { return s.engine().Close() }
 
+// Cluster returns the cluster-wide operations (live nodes, connections on
+// every node, remote disconnect and room changes, node-to-node messages):
+// see scaleout.Cluster for each call's cost.
+func (s *StackExchange) Cluster() *scaleout.Cluster { return s.engine().Cluster() }
+
 // Stats returns the engine's counters (scaleout.Exchange.Stats): atomic
 // loads, no lock.
 func (s *StackExchange) Stats() scaleout.Stats { return s.engine().Stats() }

@@ -261,6 +261,11 @@ func (s *StackExchange) NotifyAsk(msg neffos.Message, token string) error {
 // connections it opened. It is idempotent.
 func (s *StackExchange) Close() error { return s.eng.Close() }
 
+// Cluster returns the cluster-wide operations (live nodes, connections on
+// every node, remote disconnect and room changes, node-to-node messages):
+// see scaleout.Cluster for each call's cost.
+func (s *StackExchange) Cluster() *scaleout.Cluster { return s.eng.Cluster() }
+
 // Stats returns the engine's counters (scaleout.Exchange.Stats): atomic
 // loads, no lock.
 func (s *StackExchange) Stats() scaleout.Stats { return s.eng.Stats() }

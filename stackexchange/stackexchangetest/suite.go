@@ -103,6 +103,10 @@ func run(t *testing.T, f Factory, heavy bool) {
 		{"Sequence/RestartedNode", testRestartedNode, 0, false},
 		{"Handlers/XLeft", testXLeft, 2 * time.Minute, false},
 		{"Handlers/SlowErrorHandler", testSlowErrorHandler, time.Minute, false},
+		{"Cluster/Nodes/JoinAndLeave", testClusterNodes, 0, false},
+		{"Cluster/Conns/ByNamespaceAndRoom", testClusterConns, 0, false},
+		{"Cluster/Control/JoinLeaveDisconnect", testClusterControl, 0, false},
+		{"Cluster/Messages/EmitSurvey", testClusterMessages, 0, false},
 	}
 	for _, r := range rules {
 		if r.heavy && !heavy {
