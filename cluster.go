@@ -466,6 +466,8 @@ func (e *Exchange) serveControls(done <-chan struct{}) {
 				reply.errText = err.Error()
 			}
 		default:
+			e.decodeErrors.Add(1)
+			e.rep.report(fmt.Errorf("%w: unknown cluster operation %q from node %s", ErrMalformed, env.event, env.origin))
 			return
 		}
 		e.pipe.push(e.names.node(env.origin), reply, false)

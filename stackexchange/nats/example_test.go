@@ -41,7 +41,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println(exc.Stats().Subscriptions) // "myapp.ns.chat", this node's own subject and the heartbeats'
+	fmt.Println(exc.Stats().Subscriptions) // "myapp.ns.chat", this node's own subject, the heartbeats' and the cluster requests'
 	// Output:
-	// 3
+	// 4
 }

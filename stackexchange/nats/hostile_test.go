@@ -102,7 +102,7 @@ func TestHostilePayloads(t *testing.T) {
 		{"version 4", bend(2, 4)},
 		{"version 255", bend(2, 255)},
 		{"kind 0", bend(3, 0)},
-		{"kind 9", bend(3, 9)},
+		{"kind 11", bend(3, 11)},
 		{"unknown flag", bend(4, 0x80)},
 		{"no origin", prefixed(str(""), []byte{0}, str(hNS), str(""), str("msg"), str(""), str(""), str(""))},
 		{"length past the end", prefixed(binary.AppendUvarint(nil, 1<<62))},

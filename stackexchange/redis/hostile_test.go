@@ -96,7 +96,7 @@ func TestHostileRedisPayloads(t *testing.T) {
 		{"wrong version 4", with(2, 4)},
 		{"wrong version 255", with(2, 255)},
 		{"unknown kind 0", with(3, 0)},
-		{"unknown kind 9", with(3, 9)},
+		{"unknown kind 11", with(3, 11)},
 		{"unknown flags", with(4, 0x80)},
 		{"no origin", head(uvarint(0), uvarint(0), uvarint(0), uvarint(0), uvarint(0), uvarint(0), uvarint(0), uvarint(0), []byte("body"))},
 		{"string length past the end", head(uvarint(1000), []byte("abc"))},
