@@ -132,3 +132,31 @@ export class Waiter {
     });
   }
 }
+
+// poll calls get() until check(value) holds and resolves with that value;
+// every everyMs, until deadlineMs passes (then it rejects, naming what was
+// awaited and the last value). For state that is read, not pushed, such as
+// the cluster endpoints.
+export async function poll(get, check, what, deadlineMs = 10_000, everyMs = 100) {
+  const end = Date.now() + deadlineMs;
+  let last;
+  for (;;) {
+    last = await get();
+    if (check(last)) return last;
+    if (Date.now() >= end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}; last: ${JSON.stringify(last)}`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}
+
+// getJSON fetches url and returns {status, body} (body: the parsed JSON).
+export async function getJSON(url, init = {}) {
+  const res = await fetch(url, { signal: AbortSignal.timeout(10_000), ...init });
+  const text = await res.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = text;
+  }
+  return { status: res.status, body };
+}
