@@ -246,4 +246,33 @@ describe("scale-out chat with neffos.js clients on several nodes", () => {
     // The others are still connected: a broadcast reaches all of them.
     await fence(bob, [alice, bob, carol, dave]);
   });
+
+  test("a node that stops answering is named in the presence answer; the others' users are still listed", async (t) => {
+    if (!ex.pause || ex.brokerArgs().includes("memory")) {
+      t.skip("needs a second example process on the same broker");
+      return;
+    }
+    // A fourth node, in a process of its own on the same broker and prefix,
+    // with one client; then the process is paused (SIGSTOP): it stays in the
+    // others' node lists (until NodeExpiry) but answers nothing.
+    const other = await startExample({ nodes: 1, prefix: ex.prefix, brokerArgs: [...ex.brokerArgs(), "-name", "paused"] });
+    let frank;
+    try {
+      frank = await client(other.urls[0], "frank");
+      await poll(() => presenceOf(ex.urls[0], "chat"), (r) => byNode(r.body)[frank.id] === "paused", "frank, on the fourth node, listed by node 1");
+      other.pause();
+      const r = await presenceOf(ex.urls[0], "chat");
+      assert.equal(r.status, 200, "a partial answer is still an answer");
+      assert.deepEqual(r.body.missing.map((m) => m.name), ["paused"]);
+      assert.match(r.body.error, /deadline exceeded/);
+      const g = r.body.nodes.find((n) => n.name === "paused");
+      assert.equal(g.answered, false);
+      assert.deepEqual(g.users, []);
+      assert.deepEqual(byNode(r.body), { [alice.id]: alice.node, [dave.id]: alice.node, [bob.id]: bob.node, [carol.id]: carol.node });
+    } finally {
+      other.resume();
+      frank?.conn.close();
+      await other.stop();
+    }
+  });
 });
