@@ -34,7 +34,10 @@ var chatNamespaces = []string{"chat", "support"}
 //
 // To a client: chat, private, question, answer, presence, room; bodies are
 // JSON objects with at least "from" (a connection id) and "node" (the node
-// the sender is connected to).
+// the sender is connected to). And kicked: a Server.Ask (body {"from":
+// the admin's id, "node": the node the admin used, "to": the client's id})
+// sent just before an admin disconnects the client (cluster.go); the page
+// shows it and replies, so it is shown before the socket closes.
 const (
 	evChat     = "chat"
 	evPrivate  = "private"
@@ -45,6 +48,7 @@ const (
 	evAnswer   = "answer"
 	evPresence = "presence"
 	evRoom     = "room"
+	evKicked   = "kicked"
 )
 
 // askTimeout bounds a server Ask: a person answers on the page.

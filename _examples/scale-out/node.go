@@ -80,15 +80,18 @@ func startBroker(cfg config) (*broker, error) {
 }
 
 // exchange returns a new exchange for one node: never shared, each node
-// holds its own broker connection, exactly as on separate machines.
-func (b *broker) exchange(prefix string) (scaleout.StackExchange, error) {
+// holds its own broker connection, exactly as on separate machines. addr
+// is the node's scaleout.Options.Addr, which the other nodes see in
+// Cluster.Nodes.
+func (b *broker) exchange(prefix, addr string) (clusterExchange, error) {
+	opts := scaleout.Options{Addr: addr}
 	switch {
 	case b.memory != nil:
-		return scaleout.New(b.memory.Broker(), prefix, scaleout.Options{}), nil
+		return scaleout.New(b.memory.Broker(), prefix, opts), nil
 	case b.redis != "":
-		return redis.NewStackExchange(redis.Config{Addr: b.redis}, prefix)
+		return redis.NewStackExchangeOptions(redis.Config{Addr: b.redis}, prefix, opts)
 	default:
-		exc, err := nats.NewStackExchange(b.natsURL)
+		exc, err := nats.NewStackExchangeOptions(b.natsURL, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +115,7 @@ type node struct {
 	name    string
 	httpURL string // the chat page
 	wsURL   string // the websocket endpoint
-	exc     scaleout.StackExchange
+	exc     clusterExchange
 	server  *neffos.Server
 	chat    *chat
 	http    *http.Server
@@ -120,25 +123,53 @@ type node struct {
 }
 
 func startNode(name, host string, port int, b *broker, prefix string) (*node, error) {
-	exc, err := b.exchange(prefix)
+	// Listen first, so a port in use fails the start, and so the node's
+	// address (with a random port) is known to its exchange.
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(port)))
 	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	addr := ln.Addr().String()
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+		addr = net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+	}
+	httpURL := "http://" + addr + "/"
+	exc, err := b.exchange(prefix, nodeAddr(name, httpURL))
+	if err != nil {
+		ln.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	ch := newChat(name)
 	server := neffos.New(gorilla.DefaultUpgrader, ch.namespaces())
 	server.IDGenerator = ch.connID
 	if err := server.UseStackExchange(exc); err != nil {
+		ln.Close()
 		exc.Close()
 		return nil, fmt.Errorf("%s: use stack exchange: %w", name, err)
 	}
 	ch.server = server
-	// Listen here, not in the goroutine, so a port in use fails the start.
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(port)))
-	if err != nil {
-		server.Close()
-		exc.Close()
-		return nil, fmt.Errorf("%s: %w", name, err)
+	n := &node{
+		name:    name,
+		httpURL: httpURL,
+		wsURL:   "ws://" + addr + endpoint,
+		exc:     exc,
+		server:  server,
+		chat:    ch,
+		http:    &http.Server{Handler: routes(name, server, exc), ReadHeaderTimeout: 10 * time.Second},
+		served:  make(chan struct{}),
 	}
+	go func() {
+		defer close(n.served)
+		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Printf("%s: %v", name, err)
+		}
+	}()
+	return n, nil
+}
+
+// routes is a node's HTTP API: the page, the websocket endpoint and the
+// cluster endpoints (cluster.go).
+func routes(name string, server *neffos.Server, exc clusterExchange) *http.ServeMux {
 	static, err := fs.Sub(webFiles, "web/dist")
 	if err != nil {
 		panic(err) // the embed pattern guarantees the folder
@@ -151,27 +182,15 @@ func startNode(name, host string, port int, b *broker, prefix string) (*node, er
 	mux.HandleFunc("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
 		http.ServeFileFS(w, r, static, "favicon.svg")
 	})
-	addr := ln.Addr().String()
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
-		addr = net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
-	}
-	n := &node{
-		name:    name,
-		httpURL: "http://" + addr + "/",
-		wsURL:   "ws://" + addr + endpoint,
-		exc:     exc,
-		server:  server,
-		chat:    ch,
-		http:    &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
-		served:  make(chan struct{}),
-	}
-	go func() {
-		defer close(n.served)
-		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Printf("%s: %v", name, err)
-		}
-	}()
-	return n, nil
+	(&clusterAPI{node: name, cluster: exc.Cluster(), server: server}).routes(mux)
+
+	// Operations endpoints go here: GET /metrics (the Prometheus collector
+	// of the exchange's Stats) and GET /ready (ready once the broker
+	// connection is up and the namespace subscriptions are confirmed) come
+	// from the metrics module and are mounted on this mux, next to
+	// /cluster/. Not wired yet.
+
+	return mux
 }
 
 // noCache makes browsers revalidate the page and bundle, so a rebuilt

@@ -1057,6 +1057,8 @@ root["neffos"] = neffos;
 
 // src/app.js
 var NAMESPACES = ["chat", "support"];
+var REFRESH_MS = 1500;
+var FETCH_TIMEOUT_MS = 5e3;
 var $ = (sel) => document.querySelector(sel);
 var state = {
   conn: null,
@@ -1065,13 +1067,17 @@ var state = {
   // this connection's id, name@node
   node: "",
   // the node this page is connected to
-  peers: [],
-  // [{name, url}] of the nodes this node knows
   nsConns: /* @__PURE__ */ new Map(),
   // namespace -> neffos.NSConn
   active: NAMESPACES[0],
-  users: new Map(NAMESPACES.map((ns) => [ns, /* @__PURE__ */ new Map()]))
-  // namespace -> id -> node
+  kicked: null,
+  // the "kicked" notice, when an admin disconnected this page
+  nodes: null,
+  // GET /cluster/nodes
+  presence: null,
+  // GET /cluster/presence?ns=<active>
+  clusterError: ""
+  // why the last refresh failed
 };
 function log(kind, { ns = state.active, room = "", from = "", node = "", text = "", tag = "", via = "" } = {}) {
   const li2 = document.createElement("li");
@@ -1121,7 +1127,6 @@ function events(ns) {
   return {
     [OnNamespaceDisconnect]: (nsConn, msg) => {
       state.nsConns.delete(ns);
-      state.users.get(ns).clear();
       if (msg.IsForced && !msg.IsLocal) log("system", { ns, text: "disconnected by the server", tag: ns });
       render();
     },
@@ -1132,24 +1137,22 @@ function events(ns) {
     room: handler((nsConn, msg, ev) => {
       if (ev.from !== state.me) log("system", { ns, room: ev.room, text: `${ev.from} ${ev.state} the room`, node: ev.node });
     }),
+    // Presence events are only logged: the "Who is online" panel comes from
+    // the cluster (GET /cluster/presence), not from these.
     presence: handler((nsConn, msg, ev) => {
       if (!ev.from || ev.from === state.me) return;
-      const users = state.users.get(ns);
-      if (ev.state === "offline") {
-        users.delete(ev.from);
-        log("presence", { ns, text: `${ev.from} left`, node: ev.node });
-      } else {
-        const known = users.has(ev.from);
-        users.set(ev.from, ev.node);
-        if (ev.state === "online") {
-          log("presence", { ns, text: `${ev.from} is online`, node: ev.node });
-          nsConn.emit("announce", ev.from);
-        } else if (!known) {
-          log("presence", { ns, text: `${ev.from} is here`, node: ev.node });
-        }
-      }
-      render();
+      if (ev.state === "online") log("presence", { ns, text: `${ev.from} is online`, node: ev.node });
+      else if (ev.state === "offline") log("presence", { ns, text: `${ev.from} left`, node: ev.node });
     }),
+    // An admin is about to disconnect this page (POST /cluster/disconnect on
+    // any node): the server asks first, so the notice is shown before the
+    // socket closes. The reply tells it the page got it.
+    kicked: (nsConn, msg) => {
+      const ev = parse(msg);
+      state.kicked = ev;
+      log("kicked", { ns, from: ev.from, text: "disconnected you (admin action)", tag: "admin", via: `through ${ev.node}` });
+      return reply("ok");
+    },
     // A question from the server (Server.Ask on behalf of another user).
     // The answer is written later, when the user clicks: the reply is the
     // same message with a new body, so it carries the server's wait token.
@@ -1206,12 +1209,16 @@ async function connect(name) {
     return;
   }
   state.conn.conn.addEventListener("close", () => {
-    setStatus(`disconnected from ${state.node}: reload to reconnect`, "offline");
+    const k = state.kicked;
+    const why = k ? `disconnected by ${k.from || "an admin"} (through ${k.node})` : `disconnected from ${state.node}`;
+    setStatus(`${why}: reload to reconnect`, "offline");
+    $("#status").dataset.reason = k ? "kicked" : "closed";
     for (const b of document.querySelectorAll("main button")) b.disabled = true;
   });
   $("#login").hidden = true;
   $("#app").hidden = false;
   render();
+  refreshLoop();
 }
 async function connectNamespace(ns) {
   const nsConn = await state.conn.connect(ns);
@@ -1219,7 +1226,6 @@ async function connectNamespace(ns) {
   if (!state.node) {
     const who = JSON.parse((await nsConn.ask("whoami", "")).Body);
     state.node = who.node;
-    state.peers = who.peers || [];
     document.title = `${state.me} · ${who.node} · neffos scale-out chat`;
     setStatus(null, "online");
   }
@@ -1294,17 +1300,149 @@ async function toggleNamespace(ns) {
     if (nsConn) {
       await nsConn.disconnect();
       state.nsConns.delete(ns);
-      state.users.get(ns).clear();
       log("system", { ns, text: `left namespace ${ns}` });
       if (state.active === ns) state.active = [...state.nsConns.keys()][0] || state.active;
     } else {
       await connectNamespace(ns);
       state.active = ns;
+      refresh();
     }
   } catch (err) {
     log("error", { ns, text: `${ns}: ${err.message || err}`, tag: "error" });
   }
   render();
+}
+async function getJSON(path, init = {}) {
+  const res = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS), ...init });
+  const body = await res.json().catch(() => ({}));
+  return { status: res.status, body };
+}
+var refreshing = null;
+function refresh() {
+  refreshing ??= (async () => {
+    try {
+      const ns = encodeURIComponent(state.active);
+      const [nodes, presence] = await Promise.all([getJSON("/cluster/nodes"), getJSON(`/cluster/presence?ns=${ns}`)]);
+      if (nodes.status !== 200 || presence.status !== 200) {
+        throw new Error(nodes.body.error || presence.body.error || `HTTP ${nodes.status}/${presence.status}`);
+      }
+      state.nodes = nodes.body;
+      state.presence = presence.body;
+      state.clusterError = "";
+    } catch (err) {
+      state.clusterError = `cluster view not updated: ${err && err.message ? err.message : err}`;
+    } finally {
+      refreshing = null;
+    }
+    renderCluster();
+  })();
+  return refreshing;
+}
+async function refreshLoop() {
+  for (; ; ) {
+    await refresh();
+    await new Promise((resolve) => setTimeout(resolve, REFRESH_MS));
+  }
+}
+async function kick(id, button) {
+  button.disabled = true;
+  try {
+    const q = new URLSearchParams({ id, by: state.me });
+    const { status, body } = await getJSON(`/cluster/disconnect?${q}`, { method: "POST" });
+    if (status === 200) {
+      log("admin", { text: `you disconnected ${id}`, tag: "admin", via: `(held by ${body.node || "?"}, asked through ${body.via})` });
+    } else {
+      log("error", { text: `disconnect ${id}: ${body.error || "HTTP " + status}`, tag: "admin" });
+    }
+  } catch (err) {
+    log("error", { text: `disconnect ${id}: ${err.message || err}`, tag: "admin" });
+  }
+  await refresh();
+}
+function duration(seconds) {
+  if (seconds < 60) return `${seconds}s`;
+  const m = Math.floor(seconds / 60);
+  if (m < 60) return `${m}m ${String(seconds % 60).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
+}
+function renderCluster() {
+  const nodes = state.nodes?.nodes || [];
+  $("#nodes").replaceChildren(
+    ...nodes.map((n) => {
+      const name = n.url ? document.createElement("a") : document.createElement("span");
+      name.className = "node";
+      name.textContent = n.name;
+      if (n.url) {
+        name.href = n.url;
+        name.target = "_blank";
+      }
+      const conns = span(`${n.conns} conn${n.conns === 1 ? "" : "s"}`, "grow num");
+      const s = n.stats;
+      const stats = span(`up ${duration(n.uptimeSeconds)} · sent ${s.published} · got ${s.received} · delivered ${s.delivered} · subs ${s.subscriptions}`, "stats");
+      stats.title = `published ${s.published}, received ${s.received}, delivered ${s.delivered}, dropped ${s.dropped}, missed ${s.missed}, subscriptions ${s.subscriptions}, queued ${s.queued}, pending asks ${s.pendingAsks}`;
+      const item = li(name, n.self ? span("(here)", "muted") : "", conns, stats);
+      item.dataset.node = n.name;
+      item.dataset.conns = n.conns;
+      if (n.self) item.className = "current";
+      return item;
+    })
+  );
+  const p = state.presence;
+  const groups = (p && p.namespace === state.active ? p.nodes : []).filter((g) => g.users.length > 0 || !g.answered);
+  const key = JSON.stringify([state.me, groups]);
+  if (key !== renderedOnline) {
+    renderedOnline = key;
+    renderOnline(groups);
+  }
+  const notes = [];
+  if (state.clusterError) notes.push(state.clusterError);
+  if (p?.missing?.length) notes.push(`no answer in time from ${p.missing.map((m) => m.name).join(", ")}: their users are not listed`);
+  if (p && p.total === 0 && !notes.length) notes.push("nobody");
+  const note = $("#online-note");
+  note.textContent = notes.join("; ");
+  note.hidden = notes.length === 0;
+  const ids = groups.flatMap((g) => g.users.map((u) => u.id)).filter((id) => id !== state.me);
+  $("#user-ids").replaceChildren(...ids.map((id) => new Option(id, id)));
+}
+var renderedOnline = "";
+function renderOnline(groups) {
+  $("#online").replaceChildren(
+    ...groups.map((g) => {
+      const head = document.createElement("h3");
+      head.append(span(g.name, "node"), ` ${g.answered ? g.users.length : "?"}`);
+      const list = document.createElement("ul");
+      list.className = "list";
+      list.append(
+        ...g.users.map((u) => {
+          const me = u.id === state.me;
+          const name = span(me ? `${u.name} (you)` : u.name);
+          name.title = `${u.id}${u.rooms.length ? ", in " + u.rooms.join(", ") : ""}: click to message or ask`;
+          name.style.cursor = "pointer";
+          name.addEventListener("click", () => {
+            $("#private-to").value = u.id;
+            $("#ask-to").value = u.id;
+          });
+          const item = li(name);
+          if (!me) {
+            const b = smallButton("disconnect", () => kick(u.id, b), "kick");
+            b.title = `admin: disconnect ${u.id} on ${g.name}, through ${state.node}`;
+            b.setAttribute("aria-label", `disconnect ${u.id}`);
+            item.append(b);
+          }
+          item.dataset.id = u.id;
+          item.dataset.node = g.name;
+          if (me) item.className = "current";
+          return item;
+        })
+      );
+      const box = document.createElement("div");
+      box.className = "group";
+      box.dataset.node = g.name;
+      box.dataset.answered = g.answered;
+      box.append(head, list);
+      return box;
+    })
+  );
 }
 function li(...children) {
   const el = document.createElement("li");
@@ -1327,18 +1465,6 @@ function smallButton(text, onClick, cls = "") {
 }
 function render() {
   for (const el of document.querySelectorAll(".active-ns")) el.textContent = state.active;
-  $("#peers").replaceChildren(
-    ...state.peers.map((p) => {
-      const a = document.createElement("a");
-      a.href = p.url;
-      a.target = "_blank";
-      a.textContent = p.url.replace(/^https?:\/\//, "");
-      const item = li(span(p.name, "node"), " ", a);
-      if (p.name === state.node) item.className = "current";
-      return item;
-    })
-  );
-  if (state.peers.length === 0) $("#peers").replaceChildren(li(span(state.node, "node"), " behind the load balancer"));
   $("#namespaces").replaceChildren(
     ...NAMESPACES.map((ns) => {
       const connected = state.nsConns.has(ns);
@@ -1350,6 +1476,7 @@ function render() {
       radio.addEventListener("change", () => {
         state.active = ns;
         render();
+        refresh();
       });
       const item = li(radio, span(ns), smallButton(connected ? "leave" : "connect", () => toggleNamespace(ns)));
       item.dataset.ns = ns;
@@ -1379,21 +1506,7 @@ function render() {
   const everyone = new Option(`everyone in ${state.active}`, "");
   target.replaceChildren(everyone, ...rooms.map((r) => new Option(`room ${r}`, r)));
   target.value = rooms.includes(selected) ? selected : "";
-  const users = [...state.users.get(state.active)].sort();
-  $("#users").replaceChildren(
-    ...users.map(([id, node]) => {
-      const item = li(span(id), span(node, "node"));
-      item.dataset.id = id;
-      item.title = "click to message or ask";
-      item.style.cursor = "pointer";
-      item.addEventListener("click", () => {
-        $("#private-to").value = id;
-        $("#ask-to").value = id;
-      });
-      return item;
-    })
-  );
-  $("#user-ids").replaceChildren(...users.map(([id]) => new Option(id, id)));
+  renderCluster();
 }
 $("#login").addEventListener("submit", (e) => {
   e.preventDefault();

@@ -1,21 +1,29 @@
 // The scale-out chat page. It talks to the node that served it, over the
-// real neffos.js client; the server-side events are in ../../chat.go.
+// real neffos.js client; the server-side events are in ../../chat.go. The
+// "Nodes" and "Who is online" panels come from that node's cluster
+// endpoints (../../cluster.go), polled every REFRESH_MS: what the
+// exchange's Cluster operations answer for every node, not what this page
+// heard in broadcasts.
 //
 // Built into ../dist/app.js by `npm run build` (esbuild); dist/ is committed
 // and embedded by the Go example.
 import * as neffos from "neffos.js";
 
 const NAMESPACES = ["chat", "support"];
+const REFRESH_MS = 1500; // the cluster panels' refresh period
+const FETCH_TIMEOUT_MS = 5000; // the endpoints answer within 2 s (partial results past that)
 const $ = (sel) => document.querySelector(sel);
 
 const state = {
   conn: null, // neffos.Conn
   me: "", // this connection's id, name@node
   node: "", // the node this page is connected to
-  peers: [], // [{name, url}] of the nodes this node knows
   nsConns: new Map(), // namespace -> neffos.NSConn
   active: NAMESPACES[0],
-  users: new Map(NAMESPACES.map((ns) => [ns, new Map()])), // namespace -> id -> node
+  kicked: null, // the "kicked" notice, when an admin disconnected this page
+  nodes: null, // GET /cluster/nodes
+  presence: null, // GET /cluster/presence?ns=<active>
+  clusterError: "", // why the last refresh failed
 };
 
 // ---------------------------------------------------------------- log
@@ -76,7 +84,6 @@ function events(ns) {
   return {
     [neffos.OnNamespaceDisconnect]: (nsConn, msg) => {
       state.nsConns.delete(ns);
-      state.users.get(ns).clear();
       if (msg.IsForced && !msg.IsLocal) log("system", { ns, text: "disconnected by the server", tag: ns });
       render();
     },
@@ -88,25 +95,22 @@ function events(ns) {
     room: handler((nsConn, msg, ev) => {
       if (ev.from !== state.me) log("system", { ns, room: ev.room, text: `${ev.from} ${ev.state} the room`, node: ev.node });
     }),
+    // Presence events are only logged: the "Who is online" panel comes from
+    // the cluster (GET /cluster/presence), not from these.
     presence: handler((nsConn, msg, ev) => {
       if (!ev.from || ev.from === state.me) return;
-      const users = state.users.get(ns);
-      if (ev.state === "offline") {
-        users.delete(ev.from);
-        log("presence", { ns, text: `${ev.from} left`, node: ev.node });
-      } else {
-        const known = users.has(ev.from);
-        users.set(ev.from, ev.node);
-        if (ev.state === "online") {
-          log("presence", { ns, text: `${ev.from} is online`, node: ev.node });
-          // Tell the newcomer that we are here too: a message To its id.
-          nsConn.emit("announce", ev.from);
-        } else if (!known) {
-          log("presence", { ns, text: `${ev.from} is here`, node: ev.node });
-        }
-      }
-      render();
+      if (ev.state === "online") log("presence", { ns, text: `${ev.from} is online`, node: ev.node });
+      else if (ev.state === "offline") log("presence", { ns, text: `${ev.from} left`, node: ev.node });
     }),
+    // An admin is about to disconnect this page (POST /cluster/disconnect on
+    // any node): the server asks first, so the notice is shown before the
+    // socket closes. The reply tells it the page got it.
+    kicked: (nsConn, msg) => {
+      const ev = parse(msg);
+      state.kicked = ev;
+      log("kicked", { ns, from: ev.from, text: "disconnected you (admin action)", tag: "admin", via: `through ${ev.node}` });
+      return neffos.reply("ok");
+    },
     // A question from the server (Server.Ask on behalf of another user).
     // The answer is written later, when the user clicks: the reply is the
     // same message with a new body, so it carries the server's wait token.
@@ -167,12 +171,16 @@ async function connect(name) {
     return;
   }
   state.conn.conn.addEventListener("close", () => {
-    setStatus(`disconnected from ${state.node}: reload to reconnect`, "offline");
+    const k = state.kicked;
+    const why = k ? `disconnected by ${k.from || "an admin"} (through ${k.node})` : `disconnected from ${state.node}`;
+    setStatus(`${why}: reload to reconnect`, "offline");
+    $("#status").dataset.reason = k ? "kicked" : "closed";
     for (const b of document.querySelectorAll("main button")) b.disabled = true;
   });
   $("#login").hidden = true;
   $("#app").hidden = false;
   render();
+  refreshLoop();
 }
 
 async function connectNamespace(ns) {
@@ -181,7 +189,6 @@ async function connectNamespace(ns) {
   if (!state.node) {
     const who = JSON.parse((await nsConn.ask("whoami", "")).Body);
     state.node = who.node;
-    state.peers = who.peers || [];
     document.title = `${state.me} · ${who.node} · neffos scale-out chat`;
     setStatus(null, "online");
   }
@@ -264,17 +271,171 @@ async function toggleNamespace(ns) {
     if (nsConn) {
       await nsConn.disconnect();
       state.nsConns.delete(ns);
-      state.users.get(ns).clear();
       log("system", { ns, text: `left namespace ${ns}` });
       if (state.active === ns) state.active = [...state.nsConns.keys()][0] || state.active;
     } else {
       await connectNamespace(ns);
       state.active = ns;
+      refresh();
     }
   } catch (err) {
     log("error", { ns, text: `${ns}: ${err.message || err}`, tag: "error" });
   }
   render();
+}
+
+// ---------------------------------------------------------------- cluster
+
+// getJSON fetches one of this node's cluster endpoints. The endpoints
+// answer 200 with partial results when a node is slow; any other status
+// carries {"error"}.
+async function getJSON(path, init = {}) {
+  const res = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS), ...init });
+  const body = await res.json().catch(() => ({}));
+  return { status: res.status, body };
+}
+
+let refreshing = null;
+
+// refresh reloads both cluster panels; calls while one runs share it.
+function refresh() {
+  refreshing ??= (async () => {
+    try {
+      const ns = encodeURIComponent(state.active);
+      const [nodes, presence] = await Promise.all([getJSON("/cluster/nodes"), getJSON(`/cluster/presence?ns=${ns}`)]);
+      if (nodes.status !== 200 || presence.status !== 200) {
+        throw new Error(nodes.body.error || presence.body.error || `HTTP ${nodes.status}/${presence.status}`);
+      }
+      state.nodes = nodes.body;
+      state.presence = presence.body;
+      state.clusterError = "";
+    } catch (err) {
+      state.clusterError = `cluster view not updated: ${err && err.message ? err.message : err}`;
+    } finally {
+      refreshing = null;
+    }
+    renderCluster();
+  })();
+  return refreshing;
+}
+
+// refreshLoop refreshes the cluster panels every REFRESH_MS, one request
+// pair at a time.
+async function refreshLoop() {
+  for (;;) {
+    await refresh();
+    await new Promise((resolve) => setTimeout(resolve, REFRESH_MS));
+  }
+}
+
+// kick is the admin action: POST /cluster/disconnect, answered by this
+// node, for a user on any node (Cluster.Disconnect).
+async function kick(id, button) {
+  button.disabled = true;
+  try {
+    const q = new URLSearchParams({ id, by: state.me });
+    const { status, body } = await getJSON(`/cluster/disconnect?${q}`, { method: "POST" });
+    if (status === 200) {
+      log("admin", { text: `you disconnected ${id}`, tag: "admin", via: `(held by ${body.node || "?"}, asked through ${body.via})` });
+    } else {
+      log("error", { text: `disconnect ${id}: ${body.error || "HTTP " + status}`, tag: "admin" });
+    }
+  } catch (err) {
+    log("error", { text: `disconnect ${id}: ${err.message || err}`, tag: "admin" });
+  }
+  await refresh();
+}
+
+function duration(seconds) {
+  if (seconds < 60) return `${seconds}s`;
+  const m = Math.floor(seconds / 60);
+  if (m < 60) return `${m}m ${String(seconds % 60).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
+}
+
+function renderCluster() {
+  const nodes = state.nodes?.nodes || [];
+  $("#nodes").replaceChildren(
+    ...nodes.map((n) => {
+      const name = n.url ? document.createElement("a") : document.createElement("span");
+      name.className = "node";
+      name.textContent = n.name;
+      if (n.url) {
+        name.href = n.url;
+        name.target = "_blank";
+      }
+      const conns = span(`${n.conns} conn${n.conns === 1 ? "" : "s"}`, "grow num");
+      const s = n.stats;
+      const stats = span(`up ${duration(n.uptimeSeconds)} · sent ${s.published} · got ${s.received} · delivered ${s.delivered} · subs ${s.subscriptions}`, "stats");
+      stats.title = `published ${s.published}, received ${s.received}, delivered ${s.delivered}, dropped ${s.dropped}, missed ${s.missed}, subscriptions ${s.subscriptions}, queued ${s.queued}, pending asks ${s.pendingAsks}`;
+      const item = li(name, n.self ? span("(here)", "muted") : "", conns, stats);
+      item.dataset.node = n.name;
+      item.dataset.conns = n.conns;
+      if (n.self) item.className = "current";
+      return item;
+    }),
+  );
+
+  const p = state.presence;
+  const groups = (p && p.namespace === state.active ? p.nodes : []).filter((g) => g.users.length > 0 || !g.answered);
+  // Rebuilt only when it changed, so a click is not lost to a refresh.
+  const key = JSON.stringify([state.me, groups]);
+  if (key !== renderedOnline) {
+    renderedOnline = key;
+    renderOnline(groups);
+  }
+  const notes = [];
+  if (state.clusterError) notes.push(state.clusterError);
+  if (p?.missing?.length) notes.push(`no answer in time from ${p.missing.map((m) => m.name).join(", ")}: their users are not listed`);
+  if (p && p.total === 0 && !notes.length) notes.push("nobody");
+  const note = $("#online-note");
+  note.textContent = notes.join("; ");
+  note.hidden = notes.length === 0;
+
+  const ids = groups.flatMap((g) => g.users.map((u) => u.id)).filter((id) => id !== state.me);
+  $("#user-ids").replaceChildren(...ids.map((id) => new Option(id, id)));
+}
+
+let renderedOnline = "";
+
+function renderOnline(groups) {
+  $("#online").replaceChildren(
+    ...groups.map((g) => {
+      const head = document.createElement("h3");
+      head.append(span(g.name, "node"), ` ${g.answered ? g.users.length : "?"}`);
+      const list = document.createElement("ul");
+      list.className = "list";
+      list.append(
+        ...g.users.map((u) => {
+          const me = u.id === state.me;
+          const name = span(me ? `${u.name} (you)` : u.name);
+          name.title = `${u.id}${u.rooms.length ? ", in " + u.rooms.join(", ") : ""}: click to message or ask`;
+          name.style.cursor = "pointer";
+          name.addEventListener("click", () => {
+            $("#private-to").value = u.id;
+            $("#ask-to").value = u.id;
+          });
+          const item = li(name);
+          if (!me) {
+            const b = smallButton("disconnect", () => kick(u.id, b), "kick");
+            b.title = `admin: disconnect ${u.id} on ${g.name}, through ${state.node}`;
+            b.setAttribute("aria-label", `disconnect ${u.id}`);
+            item.append(b);
+          }
+          item.dataset.id = u.id;
+          item.dataset.node = g.name;
+          if (me) item.className = "current";
+          return item;
+        }),
+      );
+      const box = document.createElement("div");
+      box.className = "group";
+      box.dataset.node = g.name;
+      box.dataset.answered = g.answered;
+      box.append(head, list);
+      return box;
+    }),
+  );
 }
 
 // ---------------------------------------------------------------- render
@@ -304,19 +465,6 @@ function smallButton(text, onClick, cls = "") {
 function render() {
   for (const el of document.querySelectorAll(".active-ns")) el.textContent = state.active;
 
-  $("#peers").replaceChildren(
-    ...state.peers.map((p) => {
-      const a = document.createElement("a");
-      a.href = p.url;
-      a.target = "_blank";
-      a.textContent = p.url.replace(/^https?:\/\//, "");
-      const item = li(span(p.name, "node"), " ", a);
-      if (p.name === state.node) item.className = "current";
-      return item;
-    }),
-  );
-  if (state.peers.length === 0) $("#peers").replaceChildren(li(span(state.node, "node"), " behind the load balancer"));
-
   $("#namespaces").replaceChildren(
     ...NAMESPACES.map((ns) => {
       const connected = state.nsConns.has(ns);
@@ -328,6 +476,7 @@ function render() {
       radio.addEventListener("change", () => {
         state.active = ns;
         render();
+        refresh();
       });
       const item = li(radio, span(ns), smallButton(connected ? "leave" : "connect", () => toggleNamespace(ns)));
       item.dataset.ns = ns;
@@ -360,21 +509,7 @@ function render() {
   target.replaceChildren(everyone, ...rooms.map((r) => new Option(`room ${r}`, r)));
   target.value = rooms.includes(selected) ? selected : "";
 
-  const users = [...state.users.get(state.active)].sort();
-  $("#users").replaceChildren(
-    ...users.map(([id, node]) => {
-      const item = li(span(id), span(node, "node"));
-      item.dataset.id = id;
-      item.title = "click to message or ask";
-      item.style.cursor = "pointer";
-      item.addEventListener("click", () => {
-        $("#private-to").value = id;
-        $("#ask-to").value = id;
-      });
-      return item;
-    }),
-  );
-  $("#user-ids").replaceChildren(...users.map(([id]) => new Option(id, id)));
+  renderCluster();
 }
 
 // ---------------------------------------------------------------- start

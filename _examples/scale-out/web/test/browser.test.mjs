@@ -6,12 +6,17 @@
 // alice's page is on node 1, bob's on node 2, carol's on node 3: alice and
 // bob join one room and talk both ways, alice sends bob a private message
 // (carol, a witness on a third node, must not get it) and bob asks alice,
-// through the server, whether she is there. Screenshots of the pages, and
+// through the server, whether she is there. The "Who is online" panel
+// (GET /cluster/presence) of a late page on node 3 lists everyone under
+// their node, and its "Nodes" panel the three nodes; alice, on node 1,
+// disconnects eve, whose page is on node 2: eve's page shows who
+// disconnected her, and every page's list drops her. Screenshots of the pages, and
 // of alice's and bob's side by side, are written to $SCREENSHOT_DIR
 // (default web/artifacts/). Then the page is used at a phone's width
 // (390 px) and a desktop's (1280 px): nothing wider than the viewport,
 // fields wide enough to type in, no word broken mid-word, the icon served,
-// and no page logs a console error (a 404 logs one).
+// and no page logs a console error (a 404 logs one). disconnected.png is
+// eve's page after alice disconnected her.
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), SCREENSHOT_DIR.
 import { describe, test, before, after } from "node:test";
@@ -62,6 +67,8 @@ describe("scale-out chat in headless Chromium, pages on different nodes", () => 
   }
 
   const log = (p) => p.page.locator("#log li");
+  // online is who's row in p's "Who is online" panel, under who's node.
+  const online = (p, who) => p.page.locator(`#online .group[data-node="${who.node}"] li[data-id="${who.id}"]`);
   const entries = (p, kind, text) => p.page.locator(`#log li[data-kind="${kind}"]`).filter({ hasText: text });
 
   async function joinRoom(p, room) {
@@ -94,9 +101,79 @@ describe("scale-out chat in headless Chromium, pages on different nodes", () => 
     assert.equal(new Set([alice.node, bob.node, carol.node]).size, 3, "three pages, three nodes");
     assert.equal(alice.id, `alice@${alice.node}`);
     assert.match(await alice.page.textContent("#status"), new RegExp(`connected to node ${alice.node}`));
-    // Each page lists the others, learned across nodes (presence).
-    await alice.page.locator(`#users li[data-id="${bob.id}"]`).waitFor({ timeout: deadline });
-    await bob.page.locator(`#users li[data-id="${alice.id}"]`).waitFor({ timeout: deadline });
+    // Each page lists the others, on their nodes, from the cluster.
+    await online(alice, bob).waitFor({ timeout: deadline });
+    await online(bob, alice).waitFor({ timeout: deadline });
+  });
+
+  test("who is online: the cluster-wide list, by node, on a page that heard no presence broadcast", async () => {
+    const { alice, bob, carol } = pages;
+    // dave arrives last, on node 3: the others' "online" broadcasts came
+    // before his page existed, and pages do not announce themselves, so
+    // only GET /cluster/presence (Cluster.Conns) can tell him who is here.
+    const dave = await open("dave", 2);
+    try {
+      for (const p of [alice, bob, carol, dave]) await online(dave, p).waitFor({ timeout: deadline });
+      assert.equal(await dave.page.locator(`#online li[data-id="${dave.id}"]`).getAttribute("class"), "current", "himself, marked");
+      assert.equal(await dave.page.locator(`#online li[data-id="${dave.id}"] button.kick`).count(), 0, "no button to kick himself");
+      assert.match(await dave.page.textContent(`#online li[data-id="${bob.id}"]`), /^bob/, "bob's name");
+      // The groups are the nodes, each once, with its count.
+      const groups = await dave.page.locator("#online .group").evaluateAll((els) => els.map((e) => [e.dataset.node, e.querySelectorAll("li").length]));
+      assert.deepEqual(Object.fromEntries(groups), { [alice.node]: 1, [bob.node]: 1, [carol.node]: 2 });
+      // and alice's page, on node 1, lists dave on node 3.
+      await online(alice, dave).waitFor({ timeout: deadline });
+      // The Nodes panel: the three live nodes (Cluster.Nodes), this one marked.
+      for (const n of [alice.node, bob.node, carol.node]) {
+        await dave.page.locator(`#nodes li[data-node="${n}"]`).waitFor({ timeout: deadline });
+      }
+      assert.equal(await dave.page.locator("#nodes li").count(), 3);
+      assert.equal(await dave.page.locator("#nodes li.current").getAttribute("data-node"), carol.node);
+      await dave.page.locator(`#nodes li[data-node="${carol.node}"][data-conns="2"]`).waitFor({ timeout: deadline });
+      assert.match(await dave.page.textContent(`#nodes li[data-node="${bob.node}"]`), /^node\d+1 conn.*up \d.*subs \d+$/);
+      assert.deepEqual(dave.errors, [], "dave's page");
+    } finally {
+      await dave.page.context().close();
+    }
+    // dave's page closed: the others' lists drop him.
+    await alice.page.locator(`#online li[data-id="dave@${carol.node}"]`).waitFor({ state: "detached", timeout: deadline });
+  });
+
+  test("admin: alice on node 1 disconnects eve, whom node 2 holds; eve's page says so, every list drops her", async () => {
+    const { alice, bob, carol } = pages;
+    const eve = await open("eve", 1);
+    try {
+      assert.equal(eve.node, bob.node);
+      const row = online(alice, eve);
+      await row.waitFor({ timeout: deadline });
+      await online(carol, eve).waitFor({ timeout: deadline });
+      await row.locator("button.kick").click();
+
+      // eve's page: the notice from the server, then the closed socket.
+      const notice = eve.page.locator(`#log li[data-kind="kicked"][data-from="${alice.id}"]`);
+      await notice.waitFor({ timeout: deadline });
+      assert.match(await notice.textContent(), new RegExp(`disconnected you.*through ${alice.node}`));
+      const status = eve.page.locator('#status.offline[data-reason="kicked"]');
+      await status.waitFor({ timeout: deadline });
+      assert.match(await status.textContent(), new RegExp(`disconnected by ${alice.id} \\(through ${alice.node}\\)`));
+      assert.ok(await eve.page.locator("#send").isDisabled(), "eve's send button is disabled");
+
+      // alice's page: the result, then eve leaves every list.
+      await entries(alice, "admin", `you disconnected ${eve.id}`).waitFor({ timeout: deadline });
+      assert.match(await entries(alice, "admin", eve.id).textContent(), new RegExp(`held by ${eve.node}`));
+      // (eve's page too: its panels still refresh over HTTP.)
+      for (const p of [alice, bob, carol, eve]) {
+        await p.page.locator(`#online li[data-id="${eve.id}"]`).waitFor({ state: "detached", timeout: deadline });
+      }
+      mkdirSync(artifacts, { recursive: true });
+      await eve.page.screenshot({ path: join(artifacts, "disconnected.png") });
+      // Only eve: the others are still online and still chat.
+      for (const p of [alice, bob, carol]) assert.equal(await p.page.locator("#status.online").count(), 1, `${p.name} online`);
+      await say(bob, "still here after eve left");
+      for (const p of [alice, bob, carol]) await entries(p, "chat", "still here after eve left").waitFor({ timeout: deadline });
+      assert.deepEqual(eve.errors, [], "eve's page");
+    } finally {
+      await eve.page.context().close();
+    }
   });
 
   test("two pages on two nodes join one room and exchange messages both ways", async () => {
@@ -231,7 +308,7 @@ describe("scale-out chat in headless Chromium, pages on different nodes", () => 
       const p = await open(`w${width}`, 0, { width, height: 844 }, phone);
       try {
         await joinRoom(p, "lobby");
-        await p.page.locator(`#users li[data-id="${bob.id}"]`).waitFor({ timeout: deadline });
+        await online(p, bob).waitFor({ timeout: deadline });
         // Ordinary words must wrap between words; one long unbroken token
         // (a URL) may break, but must stay inside the log.
         const sentence = `a reasonably long sentence about internationalization and interoperability for the ${width} px page`;

@@ -7,9 +7,13 @@
 // fence is sent: a later chat message from the same sender through the same
 // node. Once every client has the fence, each counted message must have
 // arrived exactly once, and messages for others not at all.
+//
+// The cluster endpoints (cluster.go) are read back from another node than
+// the clients': presence by namespace and node, the live nodes, and an
+// admin disconnect of a client that a third node holds.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startExample } from "./harness.mjs";
+import { startExample, poll, getJSON } from "./harness.mjs";
 import { client, fence, isChat, unique } from "./clients.mjs";
 
 describe("scale-out chat with neffos.js clients on several nodes", () => {
@@ -154,5 +158,121 @@ describe("scale-out chat with neffos.js clients on several nodes", () => {
     assert.equal(carol.count(isChat(text, "support")), 1);
     await fence(alice, all, "chat");
     for (const c of [bob, dave]) assert.equal(c.count((e) => e.text === text), 0, `${c.name} is not in support`);
+  });
+
+  // byNode maps each listed connection id to the name of its node group.
+  const byNode = (presence) => Object.fromEntries(presence.nodes.flatMap((g) => g.users.map((u) => [u.id, g.name])));
+  const presenceOf = (url, ns) => getJSON(`${url}/cluster/presence?ns=${ns}`);
+
+  test("GET /cluster/nodes and /cluster/presence: every client, by node, asked of any node", async () => {
+    // Nodes learn of each other from heartbeats (once a second).
+    const nodes = await poll(
+      () => getJSON(`${ex.urls[2]}/cluster/nodes`),
+      (r) => r.status === 200 && r.body.nodes.length === 3,
+      "three live nodes in node 3's list",
+    );
+    const list = nodes.body.nodes;
+    assert.equal(list[0].self, true, "this node first");
+    assert.equal(list[0].name, carol.node);
+    assert.deepEqual(list.map((n) => n.name).sort(), [alice.node, bob.node, carol.node].sort());
+    for (const n of list) {
+      assert.match(n.id, /^[0-9a-f]{16}$/, "the exchange's node id");
+      assert.ok(ex.urls.some((u) => n.url === `${u}/`), `${n.name}'s page URL ${n.url} (Options.Addr)`);
+      assert.deepEqual(n.namespaces, ["chat", "support"]);
+      assert.ok(n.stats.subscriptions > 0, `${n.name} subscribes`);
+    }
+    const conns = Object.fromEntries(list.map((n) => [n.name, n.conns]));
+    await poll(
+      () => getJSON(`${ex.urls[2]}/cluster/nodes`),
+      (r) => {
+        const c = Object.fromEntries(r.body.nodes.map((n) => [n.name, n.conns]));
+        return c[alice.node] === 2 && c[bob.node] === 1 && c[carol.node] === 1;
+      },
+      `connections per node 2/1/1 (now ${JSON.stringify(conns)})`,
+    );
+
+    // Presence, asked of node 3 (carol's) and node 2: the four clients of
+    // chat on their nodes, the two of support.
+    const want = { [alice.id]: alice.node, [dave.id]: alice.node, [bob.id]: bob.node, [carol.id]: carol.node };
+    for (const url of [ex.urls[2], ex.urls[1]]) {
+      const p = await poll(() => presenceOf(url, "chat"), (r) => r.status === 200 && r.body.total === 4, "four in chat");
+      assert.deepEqual(byNode(p.body), want);
+      assert.deepEqual(p.body.missing, []);
+      assert.equal(p.body.error, undefined);
+      const names = Object.fromEntries(p.body.nodes.flatMap((g) => g.users.map((u) => [u.id, u.name])));
+      assert.equal(names[alice.id], "alice", "the user's name, from the id");
+      const a = p.body.nodes.flatMap((g) => g.users).find((u) => u.id === alice.id);
+      assert.deepEqual(a.rooms, ["lobby"], "alice is still in lobby");
+    }
+    const sup = await presenceOf(ex.urls[1], "support");
+    assert.deepEqual(byNode(sup.body), { [alice.id]: alice.node, [carol.id]: carol.node });
+    assert.equal((await presenceOf(ex.urls[0], "nope")).status, 400);
+  });
+
+  test("POST /cluster/disconnect on node 1 closes a client node 2 holds", async () => {
+    const eve = await client(ex.urls[1], "eve");
+    all.push(eve);
+    assert.equal(eve.node, bob.node);
+    await poll(() => presenceOf(ex.urls[0], "chat"), (r) => byNode(r.body)[eve.id] === eve.node, "eve listed by node 1");
+
+    assert.equal((await getJSON(`${ex.urls[0]}/cluster/disconnect?id=${encodeURIComponent(eve.id)}`)).status, 405, "GET");
+    assert.equal((await getJSON(`${ex.urls[0]}/cluster/disconnect`, { method: "POST" })).status, 400, "no id");
+    const forged = await getJSON(`${ex.urls[0]}/cluster/disconnect?id=${encodeURIComponent(eve.id)}`, {
+      method: "POST",
+      headers: { Origin: "https://elsewhere.example", "Sec-Fetch-Site": "cross-site" },
+    });
+    assert.equal(forged.status, 403, "a cross-site POST is refused");
+    assert.equal(eve.count((e) => e.event === "kicked"), 0);
+
+    const q = new URLSearchParams({ id: eve.id, by: "admin@test" });
+    const res = await getJSON(`${ex.urls[0]}/cluster/disconnect?${q}`, { method: "POST" });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(res.body.ok, true);
+    assert.equal(res.body.node, eve.node);
+    assert.equal(res.body.via, alice.node);
+    assert.equal(res.body.notice, true, "eve acknowledged the notice");
+    const k = await eve.until((e) => e.event === "kicked", "the notice");
+    assert.equal(k.from, "admin@test");
+    assert.equal(k.node, alice.node, "through node 1");
+    let timer;
+    await Promise.race([
+      eve.closed,
+      new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("eve's socket still open after 10 s")), 10_000))),
+    ]).finally(() => clearTimeout(timer));
+    await poll(() => presenceOf(ex.urls[2], "chat"), (r) => r.status === 200 && !(eve.id in byNode(r.body)), "eve gone from node 3's list");
+
+    const again = await getJSON(`${ex.urls[0]}/cluster/disconnect?${q}`, { method: "POST" });
+    assert.equal(again.status, 404, "nobody holds eve any more");
+    // The others are still connected: a broadcast reaches all of them.
+    await fence(bob, [alice, bob, carol, dave]);
+  });
+
+  test("a node that stops answering is named in the presence answer; the others' users are still listed", async (t) => {
+    if (!ex.pause || ex.brokerArgs().includes("memory")) {
+      t.skip("needs a second example process on the same broker");
+      return;
+    }
+    // A fourth node, in a process of its own on the same broker and prefix,
+    // with one client; then the process is paused (SIGSTOP): it stays in the
+    // others' node lists (until NodeExpiry) but answers nothing.
+    const other = await startExample({ nodes: 1, prefix: ex.prefix, brokerArgs: [...ex.brokerArgs(), "-name", "paused"] });
+    let frank;
+    try {
+      frank = await client(other.urls[0], "frank");
+      await poll(() => presenceOf(ex.urls[0], "chat"), (r) => byNode(r.body)[frank.id] === "paused", "frank, on the fourth node, listed by node 1");
+      other.pause();
+      const r = await presenceOf(ex.urls[0], "chat");
+      assert.equal(r.status, 200, "a partial answer is still an answer");
+      assert.deepEqual(r.body.missing.map((m) => m.name), ["paused"]);
+      assert.match(r.body.error, /deadline exceeded/);
+      const g = r.body.nodes.find((n) => n.name === "paused");
+      assert.equal(g.answered, false);
+      assert.deepEqual(g.users, []);
+      assert.deepEqual(byNode(r.body), { [alice.id]: alice.node, [dave.id]: alice.node, [bob.id]: bob.node, [carol.id]: carol.node });
+    } finally {
+      other.resume();
+      frank?.conn.close();
+      await other.stop();
+    }
   });
 });

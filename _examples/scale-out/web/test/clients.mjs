@@ -39,9 +39,17 @@ export async function client(baseURL, name, namespaces = ["chat"]) {
       record("question")(nsConn, msg);
       return neffos.reply(c.answer);
     },
+    // An admin's notice, just before the server disconnects us: acknowledged,
+    // as the page does.
+    kicked: (nsConn, msg) => {
+      record("kicked")(nsConn, msg);
+      return neffos.reply("ok");
+    },
   });
   const url = `${baseURL.replace(/^http/, "ws")}/ws?name=${encodeURIComponent(name)}`;
   c.conn = await neffos.dial(url, { chat: events(), support: events() });
+  // Resolves when the websocket closes, whoever closed it.
+  c.closed = new Promise((resolve) => c.conn.conn.addEventListener("close", (e) => resolve(e.code)));
   c.ns = {};
   for (const ns of namespaces) c.ns[ns] = await c.conn.connect(ns);
   const who = JSON.parse((await c.ns[namespaces[0]].ask("whoami", "")).Body);

@@ -16,14 +16,16 @@ export const exampleDir = join(dirname(fileURLToPath(import.meta.url)), "..", ".
 
 // startExample starts the example with `nodes` nodes on random loopback
 // ports and resolves when every node serves. stop() sends SIGINT (Ctrl-C)
-// and resolves with the exit code.
-export async function startExample({ nodes = 3, deadlineMs = 180_000 } = {}) {
+// and resolves with the exit code. prefix and brokerArgs join another
+// example's cluster (its prefix; brokerArgs replace $SCALEOUT_ARGS).
+export async function startExample({ nodes = 3, deadlineMs = 180_000, prefix = "", brokerArgs = null } = {}) {
   if (process.env.SCALEOUT_URLS) {
     const urls = process.env.SCALEOUT_URLS.split(",").map((u) => u.trim()).filter(Boolean);
     return { urls, output: () => "", stop: async () => 0 };
   }
-  const brokerArgs = (process.env.SCALEOUT_ARGS || "-broker embedded").split(/\s+/).filter(Boolean);
-  const args = ["-demo=false", "-port", "0", "-nodes", String(nodes), "-prefix", `test-${process.pid}-${Date.now()}`, ...brokerArgs];
+  brokerArgs ??= (process.env.SCALEOUT_ARGS || "-broker embedded").split(/\s+/).filter(Boolean);
+  prefix ||= `test-${process.pid}-${Date.now()}`;
+  const args = ["-demo=false", "-port", "0", "-nodes", String(nodes), "-prefix", prefix, ...brokerArgs];
   const [cmd, cmdArgs] = process.env.SCALEOUT_BIN
     ? [process.env.SCALEOUT_BIN, args]
     : ["go", ["run", ".", ...args]];
@@ -79,10 +81,22 @@ export async function startExample({ nodes = 3, deadlineMs = 180_000 } = {}) {
   if (urls.length !== nodes) throw new Error(`want ${nodes} node URLs, got ${urls}:\n${out}`);
   return {
     urls,
+    prefix,
+    // brokerArgs are the flags for another example to join this one's
+    // broker: its embedded NATS server's URL, or the same flags.
+    brokerArgs: () => {
+      const m = out.match(/embedded in this process at (nats:\/\/\S+)/);
+      return m ? ["-nats", m[1]] : brokerArgs;
+    },
+    // pause and resume stop and continue the process (SIGSTOP, SIGCONT):
+    // its nodes stay in the others' lists until NodeExpiry but answer nothing.
+    pause: () => killGroup("SIGSTOP"),
+    resume: () => killGroup("SIGCONT"),
     output: () => out,
     // stop shuts the example down as Ctrl-C does and resolves with its exit
     // code, or rejects when it does not exit within 20 s.
     async stop() {
+      killGroup("SIGCONT");
       killGroup("SIGINT");
       const timer = setTimeout(() => killGroup("SIGKILL"), 20_000);
       const code = await exited;
@@ -131,4 +145,32 @@ export class Waiter {
       attempt();
     });
   }
+}
+
+// poll calls get() until check(value) holds and resolves with that value;
+// every everyMs, until deadlineMs passes (then it rejects, naming what was
+// awaited and the last value). For state that is read, not pushed, such as
+// the cluster endpoints.
+export async function poll(get, check, what, deadlineMs = 10_000, everyMs = 100) {
+  const end = Date.now() + deadlineMs;
+  let last;
+  for (;;) {
+    last = await get();
+    if (check(last)) return last;
+    if (Date.now() >= end) throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}; last: ${JSON.stringify(last)}`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}
+
+// getJSON fetches url and returns {status, body} (body: the parsed JSON).
+export async function getJSON(url, init = {}) {
+  const res = await fetch(url, { signal: AbortSignal.timeout(10_000), ...init });
+  const text = await res.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = text;
+  }
+  return { status: res.status, body };
 }
