@@ -464,6 +464,7 @@ func (e *Exchange) publishCounted(channel string, env *envelope) (int, error) {
 }
 
 func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, error), channel string, env *envelope) (int, error) {
+	pub = e.observed(pub)
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 	defer cancel()
 	// Messages To one client are numbered in the client channel's stream,
@@ -669,7 +670,10 @@ func (e *Exchange) sendOutbox(done <-chan struct{}) {
 // client no node holds, Ask returns ErrConnNotFound at once (for brokers
 // that count receivers) or within Options.SubscribeTimeout. The wait is
 // bounded by ctx.
-func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffos.Message, error) {
+func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (_ neffos.Message, err error) {
+	if e.opts.Observer != nil {
+		defer e.observeAsk(time.Now(), &err)
+	}
 	if err := e.start(); err != nil {
 		return neffos.Message{}, err
 	}

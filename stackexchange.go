@@ -144,6 +144,10 @@ type Options struct {
 	// RetainBytes bounds the retransmit buffer's bytes, payloads plus 64
 	// per message. Default DefaultRetainBytes (64 MiB).
 	RetainBytes int
+	// Observer, when set, receives the latency of every broker publish
+	// call and of every Server.Ask, for metrics (see Observer for when it
+	// is called and what it costs). Default nil: nothing is measured.
+	Observer Observer
 }
 
 // Stats is a snapshot of an Exchange's counters since it was created.
