@@ -247,7 +247,7 @@ func (e *Exchange) Init(namespaces neffos.Namespaces) error {
 	// A failure is reported, not returned: the broker subscribes the
 	// channels again on reconnect, and the node serves its local clients
 	// meanwhile.
-	_ = e.subs.acquireNow(ctx, channels...)
+	_ = e.subs.acquireConfirmed(ctx, channels...)
 	e.inited.Store(true)
 	return nil
 }
