@@ -2,6 +2,9 @@ module github.com/neffos-contrib/scaleout/prometheus
 
 go 1.26.0
 
+// Built against the scaleout module of the same commit. Before tagging a
+// release of this module, require a tagged scaleout version that has
+// Options.Observer and Exchange.Ready (the replace is ignored by users).
 replace github.com/neffos-contrib/scaleout => ../
 
 require (
