@@ -54,6 +54,15 @@
 // and reported (ErrMissed). A client that stops reading loses what does not
 // fit in its queue (Options.QueueSize); nobody else waits for it.
 //
+// # Metrics and readiness
+//
+// Options.Observer receives the latency of every broker publish call and
+// of every Server.Ask; Exchange.Ready says whether the node should get
+// traffic (Init done, namespace subscriptions confirmed, broker not down).
+// The module github.com/neffos-contrib/scaleout/prometheus turns Stats and
+// the Observer's samples into Prometheus metrics and serves Ready over
+// HTTP.
+//
 // # Errors
 //
 // Errors are values (ErrClosed, ErrPublish, ErrConnNotFound, ...) to test

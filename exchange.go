@@ -270,7 +270,7 @@ func (e *Exchange) Init(namespaces neffos.Namespaces) error {
 	// A failure is reported, not returned: the broker subscribes the
 	// channels again on reconnect, and the node serves its local clients
 	// meanwhile.
-	_ = e.subs.acquireNow(ctx, channels...)
+	_ = e.subs.acquireConfirmed(ctx, channels...)
 	e.inited.Store(true)
 	return nil
 }
@@ -487,6 +487,7 @@ func (e *Exchange) publishCounted(channel string, env *envelope) (int, error) {
 }
 
 func (e *Exchange) publishVia(pub func(context.Context, string, []byte) (int, error), channel string, env *envelope) (int, error) {
+	pub = e.observed(pub)
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 	defer cancel()
 	// Messages To one client are numbered in the client channel's stream,
@@ -702,7 +703,10 @@ func (e *Exchange) sendOutbox(done <-chan struct{}) {
 // client no node holds, Ask returns ErrConnNotFound at once (for brokers
 // that count receivers) or within Options.SubscribeTimeout. The wait is
 // bounded by ctx.
-func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (neffos.Message, error) {
+func (e *Exchange) Ask(ctx context.Context, msg neffos.Message, _ string) (_ neffos.Message, err error) {
+	if e.opts.Observer != nil {
+		defer e.observeAsk(time.Now(), &err)
+	}
 	if err := e.start(); err != nil {
 		return neffos.Message{}, err
 	}

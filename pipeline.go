@@ -233,7 +233,7 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 	progress := time.Now()
 	for backoff := retryBackoff; len(pubs) > 0; backoff = min(2*backoff, maxRetryBackoff) {
 		ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
-		sent, err := e.publishBatch(ctx, pubs)
+		sent, err := e.publishBatchObserved(ctx, pubs)
 		cancel()
 		e.published.Add(uint64(sent))
 		batch, pubs = batch[sent:], pubs[sent:]

@@ -150,6 +150,10 @@ type Options struct {
 	// heartbeat arrives and when it has sent none for NodeExpiry, on the
 	// engine's timer goroutine (keep them short: repair requests wait).
 	OnNodeJoin, OnNodeLeave func(Node)
+	// Observer, when set, receives the latency of every broker publish
+	// call and of every Server.Ask, for metrics (see Observer for when it
+	// is called and what it costs). Default nil: nothing is measured.
+	Observer Observer
 }
 
 // Stats is a snapshot of an Exchange's counters since it was created.

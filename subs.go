@@ -28,6 +28,14 @@ type subs struct {
 	wake  chan struct{}
 
 	active atomic.Int64 // channels subscribed (or being subscribed) now
+
+	// unconfirmed holds the channels acquireConfirmed took whose
+	// subscription the broker has not confirmed yet (guarded by mu); run
+	// asks again every confirmRetry until it does. confirmed is true when
+	// it is empty and acquireConfirmed ran (Exchange.Ready).
+	unconfirmed map[string]struct{}
+	confirmed   atomic.Bool
+	retry       chan struct{} // acquireConfirmed failed: run arms its timer
 }
 
 type subState struct {
@@ -40,7 +48,68 @@ type subState struct {
 const maxBatch = 1024
 
 func newSubs(b Broker, timeout time.Duration, report func(error)) *subs {
-	return &subs{b: b, timeout: timeout, report: report, state: make(map[string]*subState), wake: make(chan struct{}, 1)}
+	return &subs{b: b, timeout: timeout, report: report, state: make(map[string]*subState), wake: make(chan struct{}, 1),
+		unconfirmed: make(map[string]struct{}), retry: make(chan struct{}, 1)}
+}
+
+// confirmRetry is how often run asks the broker again for channels
+// acquireConfirmed could not get confirmed.
+const confirmRetry = time.Second
+
+// acquireConfirmed is acquireNow for channels the node's readiness depends
+// on (the namespaces of Init): until the broker confirmed every one of
+// them, confirmed is false, and run subscribes the missing ones again
+// every confirmRetry (a broker that is down at Init).
+func (s *subs) acquireConfirmed(ctx context.Context, channels ...string) error {
+	s.mu.Lock()
+	for _, ch := range channels {
+		s.unconfirmed[ch] = struct{}{}
+	}
+	s.mu.Unlock()
+	// Channels acquireNow skips (subscribed before, on a client's
+	// namespace connect) count as confirmed: Init comes first in neffos.
+	if err := s.acquireNow(ctx, channels...); err != nil {
+		signal(s.retry)
+		return err
+	}
+	s.mu.Lock()
+	for _, ch := range channels {
+		delete(s.unconfirmed, ch)
+	}
+	s.confirmed.Store(len(s.unconfirmed) == 0)
+	s.mu.Unlock()
+	return nil
+}
+
+// subscribeQuiet asks the broker for channels without reporting a failure.
+func (s *subs) subscribeQuiet(ctx context.Context, channels ...string) error {
+	return s.b.Subscribe(ctx, channels...)
+}
+
+// reconfirm subscribes the channels still unconfirmed again; it reports
+// whether some remain.
+func (s *subs) reconfirm() bool {
+	s.mu.Lock()
+	need := make([]string, 0, len(s.unconfirmed))
+	for ch := range s.unconfirmed {
+		need = append(need, ch)
+	}
+	s.mu.Unlock()
+	if len(need) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	if s.subscribeQuiet(ctx, need...) != nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ch := range need {
+		delete(s.unconfirmed, ch)
+	}
+	s.confirmed.Store(len(s.unconfirmed) == 0)
+	return !s.confirmed.Load()
 }
 
 // acquireNow takes a reference on each channel and subscribes, before it
@@ -124,10 +193,21 @@ func (s *subs) kick() {
 // acquired again meanwhile is left alone, and the batches go out in order:
 // an unsubscribe never overtakes a later subscribe of the same channel.
 func (s *subs) run(done <-chan struct{}) {
+	retry := time.NewTimer(confirmRetry)
+	retry.Stop()
+	defer retry.Stop()
 	for {
 		select {
 		case <-done:
 			return
+		case <-s.retry:
+			retry.Reset(confirmRetry)
+			continue
+		case <-retry.C:
+			if s.reconfirm() {
+				retry.Reset(confirmRetry)
+			}
+			continue
 		case <-s.wake:
 		}
 		for {

@@ -261,6 +261,12 @@ func (s *StackExchange) NotifyAsk(msg neffos.Message, token string) error {
 // connections it opened. It is idempotent.
 func (s *StackExchange) Close() error { return s.eng.Close() }
 
+// Ready reports whether the node can serve across nodes: nil once Init's
+// namespace subscriptions are confirmed and the broker is not known to be
+// down; an error wrapping scaleout.ErrNotReady otherwise. For load
+// balancers' readiness checks: atomic loads, no broker call.
+func (s *StackExchange) Ready() error { return s.eng.Ready() }
+
 // Cluster returns the cluster-wide operations (live nodes, connections on
 // every node, remote disconnect and room changes, node-to-node messages):
 // see scaleout.Cluster for each call's cost.
