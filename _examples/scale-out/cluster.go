@@ -49,6 +49,7 @@ const kickNoticeTimeout = time.Second
 type clusterExchange interface {
 	scaleout.StackExchange
 	Cluster() *scaleout.Cluster
+	Ready() error
 }
 
 // clusterAPI serves the /cluster/ endpoints of one node.

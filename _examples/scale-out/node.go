@@ -184,11 +184,19 @@ func routes(name string, server *neffos.Server, exc clusterExchange) *http.Serve
 	})
 	(&clusterAPI{node: name, cluster: exc.Cluster(), server: server}).routes(mux)
 
-	// Operations endpoints go here: GET /metrics (the Prometheus collector
-	// of the exchange's Stats) and GET /ready (ready once the broker
-	// connection is up and the namespace subscriptions are confirmed) come
-	// from the metrics module and are mounted on this mux, next to
-	// /cluster/. Not wired yet.
+	// GET /ready, for load balancers: 200 once the broker connection is up
+	// and the namespace subscriptions are confirmed, 503 during an outage.
+	// (A Prometheus /metrics endpoint comes from the separate
+	// github.com/neffos-contrib/scaleout/prometheus module; this example
+	// stays in the root module, which does not depend on client_golang.)
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		if err := exc.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
 
 	return mux
 }

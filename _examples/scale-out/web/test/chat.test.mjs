@@ -164,6 +164,20 @@ describe("scale-out chat with neffos.js clients on several nodes", () => {
   const byNode = (presence) => Object.fromEntries(presence.nodes.flatMap((g) => g.users.map((u) => [u.id, g.name])));
   const presenceOf = (url, ns) => getJSON(`${url}/cluster/presence?ns=${ns}`);
 
+  test("GET /ready: every node ready (broker up, namespace subscriptions confirmed)", async () => {
+    for (const url of ex.urls) {
+      const r = await poll(
+        async () => {
+          const res = await fetch(`${url}/ready`);
+          return { status: res.status, body: await res.text() };
+        },
+        (r) => r.status === 200,
+        `${url}/ready answers 200`,
+      );
+      assert.equal(r.body, "ok\n");
+    }
+  });
+
   test("GET /cluster/nodes and /cluster/presence: every client, by node, asked of any node", async () => {
     // Nodes learn of each other from heartbeats (once a second).
     const nodes = await poll(
