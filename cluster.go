@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -39,6 +40,9 @@ const (
 
 	ctlWorkers = 4
 	ctlQueue   = 256
+	// ctlSeen bounds the request ids remembered to drop a request that
+	// arrives twice (through two brokers, Redundant).
+	ctlSeen = 4096
 
 	kindControl      = 9
 	kindControlReply = 10
@@ -156,7 +160,36 @@ func (ns *nodes) list() []Node {
 type controls struct {
 	seq atomic.Uint64
 	mu  sync.Mutex
-	m   map[uint64]chan ctlReply
+	m   map[uint64]*pendingCtl
+
+	seenMu sync.Mutex
+	seen   map[ctlKey]struct{} // other nodes' requests taken, the last ctlSeen
+	order  []ctlKey
+}
+
+type ctlKey struct {
+	origin string
+	id     uint64
+}
+
+// first reports whether origin's request id is new here, and remembers it.
+func (c *controls) first(origin string, id uint64) bool {
+	k := ctlKey{origin, id}
+	c.seenMu.Lock()
+	defer c.seenMu.Unlock()
+	if _, dup := c.seen[k]; dup {
+		return false
+	}
+	if c.seen == nil {
+		c.seen = make(map[ctlKey]struct{})
+	}
+	c.seen[k] = struct{}{}
+	c.order = append(c.order, k)
+	if len(c.order) > ctlSeen {
+		delete(c.seen, c.order[0])
+		c.order = c.order[1:]
+	}
+	return true
 }
 
 type ctlReply struct {
@@ -165,16 +198,24 @@ type ctlReply struct {
 	err  error
 }
 
-func (c *controls) add(n int) (uint64, chan ctlReply) {
+// pendingCtl is a request waiting for its answers: one from each node it
+// was sent to (from: still expected); a second copy, through a second
+// broker, and answers of other nodes are dropped.
+type pendingCtl struct {
+	ch   chan ctlReply
+	from map[string]bool
+}
+
+func (c *controls) add(nodes map[string]bool) (uint64, chan ctlReply) {
 	id := c.seq.Add(1)
-	ch := make(chan ctlReply, n)
+	p := &pendingCtl{ch: make(chan ctlReply, len(nodes)), from: maps.Clone(nodes)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
-		c.m = make(map[uint64]chan ctlReply)
+		c.m = make(map[uint64]*pendingCtl)
 	}
-	c.m[id] = ch
-	return id, ch
+	c.m[id] = p
+	return id, p.ch
 }
 
 func (c *controls) remove(id uint64) {
@@ -188,8 +229,13 @@ func (c *controls) remove(id uint64) {
 func (c *controls) complete(id uint64, r ctlReply) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	p := c.m[id]
+	if p == nil || !p.from[r.from] {
+		return
+	}
+	delete(p.from, r.from)
 	select {
-	case c.m[id] <- r:
+	case p.ch <- r:
 	default:
 	}
 }
@@ -300,7 +346,7 @@ func (c *Cluster) Emit(event string, body []byte) error {
 	if err := e.start(); err != nil {
 		return err
 	}
-	_, err := e.publish(e.names.control(), &envelope{kind: kindControl, origin: e.node, event: opEmit, body: userBody(event, body)})
+	_, err := e.publish(e.names.control(), &envelope{kind: kindControl, origin: e.node, id: e.ctls.seq.Add(1), event: opEmit, body: userBody(event, body)})
 	return err
 }
 
@@ -381,7 +427,7 @@ func (e *Exchange) request(ctx context.Context, env envelope, take func(ctlReply
 	if len(waiting) == 0 {
 		return nil
 	}
-	id, ch := e.ctls.add(len(waiting))
+	id, ch := e.ctls.add(waiting)
 	defer e.ctls.remove(id)
 	env.kind, env.origin, env.id = kindControl, e.node, id
 	if _, err := e.publish(e.names.control(), &env); err != nil {
@@ -417,6 +463,9 @@ func (e *Exchange) request(ctx context.Context, env envelope, take func(ctlReply
 // takeControl queues another node's request for the control workers; a
 // full queue drops it (the asker sees this node as not answering).
 func (e *Exchange) takeControl(env envelope) {
+	if !e.ctls.first(env.origin, env.id) {
+		return // the same request through a second broker
+	}
 	select {
 	case e.ctlIn <- env:
 	default:
@@ -487,6 +536,7 @@ func (e *Exchange) operate(ctx context.Context, env *envelope) (found bool, err 
 			if ns == nil {
 				return true, fmt.Errorf("%w: %q is not in namespace %q", ErrConnNotFound, env.to, env.namespace)
 			}
+			waitOutsideHandler(ctx, c)
 			if _, err := ns.JoinRoom(ctx, env.room); err != nil {
 				return true, err
 			}
@@ -496,6 +546,7 @@ func (e *Exchange) operate(ctx context.Context, env *envelope) (found bool, err 
 				return true, fmt.Errorf("%w: %q is not in namespace %q", ErrConnNotFound, env.to, env.namespace)
 			}
 			if r := ns.Room(env.room); r != nil {
+				waitOutsideHandler(ctx, c)
 				if err := r.Leave(ctx); err != nil {
 					return true, err
 				}

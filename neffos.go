@@ -7,10 +7,13 @@ package scaleout
 // that changes one fails that named test instead of misbehaving.
 
 import (
+	"context"
 	"encoding/hex"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/kataras/neffos"
 )
@@ -222,4 +225,46 @@ func callUser(events neffos.Events, h neffos.MessageHandlerFunc, c *neffos.NSCon
 		return nil
 	}
 	return h(c, m)
+}
+
+// insideHandlerField locates neffos.Conn's "isInsideHandler" (*uint32): 1
+// while the connection's reader runs a handler for a frame it read. Conn.Ask
+// called from another goroutine at that moment reads the next frame itself,
+// racing with the reader (neffos v0.0.24 and v0.0.25), and its reply can go
+// to the wrong reader. Server-side JoinRoom and Room.Leave go through
+// Conn.Ask. Pinned by TestPinInsideHandler.
+var insideHandlerField = func() []int {
+	f, ok := reflect.TypeOf(neffos.Conn{}).FieldByName("isInsideHandler")
+	if !ok || f.Type != reflect.TypeOf((*uint32)(nil)) {
+		return nil
+	}
+	return f.Index
+}()
+
+// insideHandler reports whether c's reader is running a handler now.
+func insideHandler(c *neffos.Conn) bool {
+	if insideHandlerField == nil {
+		return false
+	}
+	p := reflect.ValueOf(c).Elem().FieldByIndex(insideHandlerField)
+	if p.IsNil() {
+		return false
+	}
+	return atomic.LoadUint32((*uint32)(p.UnsafePointer())) == 1
+}
+
+// waitOutsideHandler waits, polling every millisecond, until c's reader is
+// not inside a handler or ctx is done, so that a Conn.Ask from this
+// goroutine waits for its reply the regular way. A frame the client sends
+// between the check and the Ask can still race (a neffos limitation).
+func waitOutsideHandler(ctx context.Context, c *neffos.Conn) {
+	for insideHandler(c) {
+		t := time.NewTimer(time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
 }

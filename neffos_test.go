@@ -242,3 +242,44 @@ func TestPinEventHooks(t *testing.T) {
 		t.Errorf("the native-only namespace was hooked: neffos would stop treating its connections as native")
 	}
 }
+
+// TestPinInsideHandler: insideHandler reads neffos.Conn's reader state:
+// false while the connection is idle, true while a handler of the server's
+// runs for a frame the client sent.
+func TestPinInsideHandler(t *testing.T) {
+	if insideHandlerField == nil {
+		t.Fatal("neffos.Conn has no *uint32 field \"isInsideHandler\": remote JoinRoom/LeaveRoom cannot avoid neffos's reader race")
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	_, url, conns := serve(t, neffos.Namespaces{"a": neffos.Events{"block": func(*neffos.NSConn, neffos.Message) error {
+		close(entered)
+		<-release
+		return nil
+	}}}, nil)
+	cl := dial(t, url, neffos.Namespaces{"a": neffos.Events{}})
+	c := <-conns
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nsc, err := cl.Connect(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutsideHandler(ctx, c)
+	if insideHandler(c) {
+		t.Fatal("an idle connection reads as inside a handler")
+	}
+	nsc.Emit("block", nil)
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the handler never ran")
+	}
+	if !insideHandler(c) {
+		t.Error("a connection whose handler runs reads as idle")
+	}
+	close(release)
+	waitOutsideHandler(ctx, c)
+	if insideHandler(c) || ctx.Err() != nil {
+		t.Error("the connection still reads as inside a handler after it returned")
+	}
+}

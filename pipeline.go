@@ -35,8 +35,11 @@ type pipeline struct {
 	closed bool
 	// beatQueued: a heartbeat waits in the queue; no second one is added.
 	beatQueued bool
-	wake       chan struct{} // the pump has work
-	room       chan struct{} // the queue has room again
+	// failingSince is when the publishes started failing without any
+	// progress since (zero: the last one got through); pump goroutine only.
+	failingSince time.Time
+	wake         chan struct{} // the pump has work
+	room         chan struct{} // the queue has room again
 
 	length atomic.Int64
 }
@@ -230,8 +233,8 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 		pubs[i] = Publication{Channel: batch[i].channel, Payload: batch[i].payload}
 	}
 	maxAge := pipelineAge * e.opts.PublishTimeout
-	progress := time.Now()
 	for backoff := retryBackoff; len(pubs) > 0; backoff = min(2*backoff, maxRetryBackoff) {
+		attempt := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), e.opts.PublishTimeout)
 		sent, err := e.publishBatchObserved(ctx, pubs)
 		cancel()
@@ -239,7 +242,17 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 		batch, pubs = batch[sent:], pubs[sent:]
 		if err == nil || sent > 0 {
 			e.down.Store(false)
-			progress, backoff = time.Now(), retryBackoff/2
+			p.failingSince, backoff = time.Time{}, retryBackoff/2
+		}
+		if err != nil && !errors.Is(err, ErrRejected) && p.failingSince.IsZero() {
+			p.failingSince = attempt
+		}
+		// The broker made no progress for PublishTimeout (across batches:
+		// an idle node's heartbeats fail too): it counts as down.
+		now := time.Now()
+		downNow := err != nil && !p.failingSince.IsZero() && now.Sub(p.failingSince) >= e.opts.PublishTimeout
+		if downNow {
+			e.down.Store(true)
 		}
 		switch {
 		case err == nil || e.isClosed():
@@ -248,15 +261,19 @@ func (p *pipeline) send(batch []queued, done <-chan struct{}) {
 			e.failed(pubs[0].Channel, err)
 			batch, pubs = batch[1:], pubs[1:]
 			continue
+		case batch[0].stream == 0:
+			// Not numbered (a heartbeat, a repair or cluster answer): not
+			// retried, so it never holds up the messages behind it (its
+			// channel may live on a shard that is down); heartbeats come
+			// again, askers ask again or time out.
+			batch, pubs = batch[1:], pubs[1:]
+			continue
 		}
-		// The broker is failing or slow: once it made no progress for
-		// PublishTimeout it counts as down, and what can no longer be
-		// delivered is given up on (a healthy broker's back-pressure drops
-		// nothing); the rest is retried after a pause.
-		now := time.Now()
+		// The broker is failing or slow: once it is down, what can no
+		// longer be delivered is given up on (a healthy broker's
+		// back-pressure drops nothing); the rest is retried after a pause.
 		old := 0
-		if now.Sub(progress) >= e.opts.PublishTimeout {
-			e.down.Store(true)
+		if downNow {
 			for old < len(batch) && e.expired(&batch[old], now, maxAge) {
 				old++
 			}

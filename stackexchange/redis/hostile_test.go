@@ -117,6 +117,10 @@ func TestHostileRedisPayloads(t *testing.T) {
 		{"namespace channel", nsChannel, 1, 1, "both nodes"},
 		{"node A's channel", a.nodeChannel(), 1, 0, "node A"},
 		{"b1's channel", b.connChannel(b1.id), 0, 1, "node B"},
+		// Cluster requests and heartbeats: every node reads them, and no
+		// hostile payload there may trigger an operation.
+		{"the control channel", a.prefix + ".ctl", 1, 1, "both nodes"},
+		{"the heartbeat channel", a.prefix + ".hb", 1, 1, "both nodes"},
 	}
 
 	var wantA, wantB int64

@@ -282,29 +282,41 @@ type traffic struct {
 }
 
 func startTraffic(cl *cluster, event string) *traffic {
-	tr := &traffic{stop: make(chan struct{}), sent: make([]atomic.Int64, len(cl.nodes)), slowest: make([]atomic.Int64, len(cl.nodes))}
+	tr := newTraffic(len(cl.nodes))
 	for i, nd := range cl.nodes {
-		tr.wg.Add(1)
-		go func() {
-			defer tr.wg.Done()
-			tick := time.NewTicker(20 * time.Millisecond)
-			defer tick.Stop()
-			for k := 0; k < 3000; k++ {
-				select {
-				case <-tr.stop:
-					return
-				case <-tick.C:
-				}
-				start := time.Now()
-				nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: event, Body: fmt.Appendf(nil, "%d:%d", i, k)})
-				if d := int64(time.Since(start)); d > tr.slowest[i].Load() {
-					tr.slowest[i].Store(d) // this goroutine is the only writer
-				}
-				tr.sent[i].Add(1)
+		tr.every(3000, func(k int) {
+			start := time.Now()
+			nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: event, Body: fmt.Appendf(nil, "%d:%d", i, k)})
+			if d := int64(time.Since(start)); d > tr.slowest[i].Load() {
+				tr.slowest[i].Store(d) // this goroutine is the only writer
 			}
-		}()
+			tr.sent[i].Add(1)
+		})
 	}
 	return tr
+}
+
+func newTraffic(nodes int) *traffic {
+	return &traffic{stop: make(chan struct{}), sent: make([]atomic.Int64, nodes), slowest: make([]atomic.Int64, nodes)}
+}
+
+// every runs fn(0), fn(1), ... on a goroutine of its own, one call every
+// 20 ms, at most n calls, until halt.
+func (tr *traffic) every(n int, fn func(k int)) {
+	tr.wg.Add(1)
+	go func() {
+		defer tr.wg.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for k := 0; k < n; k++ {
+			select {
+			case <-tr.stop:
+				return
+			case <-tick.C:
+			}
+			fn(k)
+		}
+	}()
 }
 
 func (tr *traffic) halt() {

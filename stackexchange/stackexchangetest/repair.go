@@ -55,16 +55,14 @@ var repairRules = []faultRule{
 
 // repairTraffic sends a repairCase's messages and remembers what it sent.
 type repairTraffic struct {
-	stop chan struct{}
-	wg   sync.WaitGroup
-	sent []atomic.Int64 // broadcasts per node
+	*traffic // sent: broadcasts per node
 
 	mu     sync.Mutex
 	toSent map[string][]string // client id -> bodies To it, in order
 }
 
 func startRepairTraffic(cl *cluster, rc repairCase, cs []*client) *repairTraffic {
-	tr := &repairTraffic{stop: make(chan struct{}), sent: make([]atomic.Int64, len(cl.nodes)), toSent: map[string][]string{}}
+	tr := &repairTraffic{traffic: newTraffic(len(cl.nodes)), toSent: map[string][]string{}}
 	for _, i := range rc.publishers {
 		var targets []*client
 		for _, c := range cs {
@@ -73,40 +71,20 @@ func startRepairTraffic(cl *cluster, rc repairCase, cs []*client) *repairTraffic
 			}
 		}
 		nd := cl.nodes[i]
-		tr.wg.Add(1)
-		go func() {
-			defer tr.wg.Done()
-			tick := time.NewTicker(20 * time.Millisecond)
-			defer tick.Stop()
-			for k := 0; k < 4000; k++ { // 80 s at most
-				select {
-				case <-tr.stop:
-					return
-				case <-tick.C:
-				}
-				body := fmt.Sprintf("%d:%d", i, k)
-				nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evRepairB, Body: []byte(body)})
-				tr.sent[i].Add(1)
-				if rc.to {
-					c := targets[k%len(targets)]
-					tr.mu.Lock()
-					tr.toSent[c.id] = append(tr.toSent[c.id], body)
-					tr.mu.Unlock()
-					nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evRepairTo, To: c.id, Body: []byte(body)})
-				}
+		tr.every(4000, func(k int) { // 80 s at most
+			body := fmt.Sprintf("%d:%d", i, k)
+			nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evRepairB, Body: []byte(body)})
+			tr.sent[i].Add(1)
+			if rc.to {
+				c := targets[k%len(targets)]
+				tr.mu.Lock()
+				tr.toSent[c.id] = append(tr.toSent[c.id], body)
+				tr.mu.Unlock()
+				nd.srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evRepairTo, To: c.id, Body: []byte(body)})
 			}
-		}()
+		})
 	}
 	return tr
-}
-
-func (tr *repairTraffic) halt() {
-	select {
-	case <-tr.stop:
-	default:
-		close(tr.stop)
-	}
-	tr.wg.Wait()
 }
 
 // repairCheck compares what the clients got with what was sent.
@@ -273,24 +251,20 @@ func testRepair(t *testing.T, ps []Process, f Factory, rc repairCase) {
 	}
 	before := sentAt()
 	down := time.Now()
+	stop, start := Process.Kill, Process.Restart
 	if rc.pause {
-		for _, p := range ps {
-			if err := p.Pause(); err != nil {
-				t.Fatalf("pause a broker: %v", err)
-			}
+		stop, start = Process.Pause, Process.Resume
+	}
+	for _, p := range ps {
+		if err := stop(p); err != nil {
+			t.Fatalf("take a broker down: %v", err)
 		}
-	} else {
-		killAll(t, ps...)
 	}
 	time.Sleep(rc.outage) // the outage's length, not synchronisation
-	if rc.pause {
-		for _, p := range ps {
-			if err := p.Resume(); err != nil {
-				t.Fatalf("resume a broker: %v", err)
-			}
+	for _, p := range ps {
+		if err := start(p); err != nil {
+			t.Fatalf("bring a broker back: %v", err)
 		}
-	} else {
-		restartAll(t, ps...)
 	}
 	back := time.Now()
 	during := sentAt() - before
