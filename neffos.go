@@ -227,18 +227,24 @@ func callUser(events neffos.Events, h neffos.MessageHandlerFunc, c *neffos.NSCon
 	return h(c, m)
 }
 
-// insideHandlerField locates neffos.Conn's "isInsideHandler" (*uint32): 1
-// while the connection's reader runs a handler for a frame it read. Conn.Ask
-// called from another goroutine at that moment reads the next frame itself,
-// racing with the reader (neffos v0.0.24 and v0.0.25), and its reply can go
-// to the wrong reader. Server-side JoinRoom and Room.Leave go through
+// insideHandlerField locates neffos.Conn's "isInsideHandler": 1 while the
+// connection's reader runs a handler for a frame it read (a *uint32 in
+// v0.0.24, an atomic.Uint32 in v0.0.25). In v0.0.24 a Conn.Ask called from
+// another goroutine at that moment reads the next frame itself, racing
+// with the reader, and its reply can go to the wrong reader (v0.0.25 hands
+// the read over safely). Server-side JoinRoom and Room.Leave go through
 // Conn.Ask. Pinned by TestPinInsideHandler.
-var insideHandlerField = func() []int {
+var insideHandlerField, insideHandlerAtomic = func() ([]int, bool) {
 	f, ok := reflect.TypeOf(neffos.Conn{}).FieldByName("isInsideHandler")
-	if !ok || f.Type != reflect.TypeOf((*uint32)(nil)) {
-		return nil
+	switch {
+	case !ok:
+		return nil, false
+	case f.Type == reflect.TypeOf((*uint32)(nil)):
+		return f.Index, false
+	case f.Type == reflect.TypeOf(atomic.Uint32{}):
+		return f.Index, true
 	}
-	return f.Index
+	return nil, false
 }()
 
 // insideHandler reports whether c's reader is running a handler now.
@@ -246,11 +252,14 @@ func insideHandler(c *neffos.Conn) bool {
 	if insideHandlerField == nil {
 		return false
 	}
-	p := reflect.ValueOf(c).Elem().FieldByIndex(insideHandlerField)
-	if p.IsNil() {
+	v := reflect.ValueOf(c).Elem().FieldByIndex(insideHandlerField)
+	if insideHandlerAtomic {
+		return (*atomic.Uint32)(v.Addr().UnsafePointer()).Load() == 1
+	}
+	if v.IsNil() {
 		return false
 	}
-	return atomic.LoadUint32((*uint32)(p.UnsafePointer())) == 1
+	return atomic.LoadUint32((*uint32)(v.UnsafePointer())) == 1
 }
 
 // waitOutsideHandler waits, polling every millisecond, until c's reader is

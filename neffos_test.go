@@ -248,7 +248,7 @@ func TestPinEventHooks(t *testing.T) {
 // runs for a frame the client sent.
 func TestPinInsideHandler(t *testing.T) {
 	if insideHandlerField == nil {
-		t.Fatal("neffos.Conn has no *uint32 field \"isInsideHandler\": remote JoinRoom/LeaveRoom cannot avoid neffos's reader race")
+		t.Fatal("neffos.Conn has no field \"isInsideHandler\" (*uint32 or atomic.Uint32): remote JoinRoom/LeaveRoom cannot wait for the reader")
 	}
 	entered, release := make(chan struct{}), make(chan struct{})
 	_, url, conns := serve(t, neffos.Namespaces{"a": neffos.Events{"block": func(*neffos.NSConn, neffos.Message) error {
