@@ -1,29 +1,18 @@
 package scaleout_test
 
 import (
-	"fmt"
 	"os"
 	"sync"
 	"testing"
 
 	"github.com/kataras/neffos"
-	"go.uber.org/goleak"
 
 	"github.com/neffos-contrib/scaleout"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		// neffos v0.0.24's server loop has no exit; v0.0.25's exits on Close.
-		if err := goleak.Find(goleak.IgnoreTopFunction("github.com/kataras/neffos.(*Server).start")); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testkit.LeakCheck(m.Run(), 0)) }
 
 // TestConformanceMemory runs the suite on the in-process MemoryBroker: the
 // engine's rules hold without any network broker.

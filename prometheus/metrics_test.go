@@ -21,24 +21,14 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"go.uber.org/goleak"
 
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/neffostest"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 	"github.com/neffos-contrib/scaleout/prometheus"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		// neffos v0.0.24's server loop has no exit; v0.0.25's exits on Close.
-		if err := goleak.Find(goleak.IgnoreTopFunction("github.com/kataras/neffos.(*Server).start")); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testkit.LeakCheck(m.Run(), 0)) }
 
 const ns = "chat"
 

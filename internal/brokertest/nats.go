@@ -2,6 +2,7 @@ package brokertest
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -177,28 +178,23 @@ func (n *NATS) start() error {
 // waitINFO waits until addr answers with the NATS INFO line, the process
 // exits, or d passes.
 func waitINFO(addr string, exited <-chan struct{}, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		select {
-		case <-exited:
-			return errors.New("process exited")
-		default:
-		}
+	err := poll(exited, d, func(context.Context) error {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.SetReadDeadline(time.Now().Add(time.Second))
-			line, rerr := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if rerr == nil && strings.HasPrefix(line, "INFO ") {
-				return nil
-			}
-			err = fmt.Errorf("no INFO line: %q %v", line, rerr)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v: %w", addr, d, err)
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "INFO ") {
+			return fmt.Errorf("no INFO line: %q %v", line, err)
 		}
-		time.Sleep(20 * time.Millisecond) // polling interval
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", addr, err)
 	}
+	return nil
 }
 
 // PID returns the process id of the running server, or 0.

@@ -1,8 +1,8 @@
 package brokertest
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -133,23 +133,20 @@ func (n *NATS) waitRoutes(d time.Duration) error {
 	exited := n.waited
 	n.mu.Unlock()
 	hc := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(d)
-	for {
-		select {
-		case <-exited:
-			return errors.New("process exited")
-		default:
+	got := 0
+	err := poll(exited, d, func(context.Context) error {
+		var err error
+		got, err = n.routedPeers(hc)
+		if err == nil && got < n.peers {
+			err = fmt.Errorf("%d routed", got)
 		}
-		got, err := n.routedPeers(hc)
-		if err == nil && got >= n.peers {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: routes to %d of %d other members after %v (%v); log %s: %s",
-				n.Addr, got, n.peers, d, err, n.Log, natsLogTail(n.Log))
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%s: routes to %d of %d other members after %v (%v); log %s: %s",
+			n.Addr, got, n.peers, d, err, n.Log, natsLogTail(n.Log))
 	}
+	return nil
 }
 
 // routedPeers returns how many distinct servers the server has routes to.

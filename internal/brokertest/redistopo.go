@@ -125,7 +125,7 @@ func (c *RedisCluster) running() []*Redis {
 // every slot is served by a running master (in the view of every running
 // node), and every running replica's link to its master is up.
 func (c *RedisCluster) Ready(d time.Duration) error {
-	return poll(d, func(ctx context.Context) error {
+	return poll(nil, d, func(ctx context.Context) error {
 		for _, n := range c.running() {
 			info, err := query(ctx, n.Addr, "CLUSTER", "INFO")
 			if err != nil {
@@ -395,7 +395,7 @@ func (s *RedisSentinel) agreedMaster(ctx context.Context) (string, error) {
 // as a connected replica, and each sentinel sees that master healthy, its
 // replicas, and the other running sentinels.
 func (s *RedisSentinel) Ready(d time.Duration) error {
-	return poll(d, func(ctx context.Context) error {
+	return poll(nil, d, func(ctx context.Context) error {
 		addr, err := s.agreedMaster(ctx)
 		if err != nil {
 			return err
@@ -479,11 +479,16 @@ func query(ctx context.Context, addr string, args ...interface{}) (string, error
 	return cl.Do(ctx, args...).Text()
 }
 
-// poll calls check until it returns nil or d passes, and returns its last
-// error then.
-func poll(d time.Duration, check func(context.Context) error) error {
+// poll calls check until it returns nil, the process behind exited (nil:
+// none) exits, or d passes, and returns its last error then.
+func poll(exited <-chan struct{}, d time.Duration, check func(context.Context) error) error {
 	deadline := time.Now().Add(d)
 	for {
+		select {
+		case <-exited:
+			return errors.New("brokertest: process exited")
+		default:
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err := check(ctx)
 		cancel()

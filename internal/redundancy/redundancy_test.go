@@ -9,36 +9,18 @@ import (
 	goredis "github.com/go-redis/redis/v8"
 	"github.com/kataras/neffos"
 	natsgo "github.com/nats-io/nats.go"
-	"go.uber.org/goleak"
 
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/brokertest"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 	"github.com/neffos-contrib/scaleout/stackexchange/nats"
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		// go-redis's pool retries a failed dial once a second from a
-		// goroutine that ends at its next wake-up after Close: give it 5 s.
-		// neffos v0.0.24's server loop has no exit; v0.0.25's exits on
-		// Close.
-		var err error
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-			err = goleak.Find(goleak.IgnoreTopFunction("github.com/kataras/neffos.(*Server).start"))
-			if err == nil || time.Now().After(deadline) {
-				break
-			}
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// go-redis's pool retries a failed dial once a second from a goroutine that
+// ends at its next wake-up after Close: the leak check gives it 5 s.
+func TestMain(m *testing.M) { os.Exit(testkit.LeakCheck(m.Run(), 5*time.Second)) }
 
 // factory builds exchanges over a Redis and a NATS server at once, each
 // node with its own go-redis client and NATS connection, as separate

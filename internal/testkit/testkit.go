@@ -5,11 +5,14 @@ package testkit
 
 import (
 	"fmt"
+	"os"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Until polls cond until it holds or d passes, and reports whether it
@@ -60,4 +63,31 @@ func Name(t testing.TB, tag string) string {
 		name = name[len(name)-40:]
 	}
 	return fmt.Sprintf("%s%d-%d-%s", tag, time.Now().UnixNano()%1e9, seq.Add(1), name)
+}
+
+// NeffosServerLoop is the goroutine neffos v0.0.24's server leaves running
+// after Close (v0.0.25's stops): every leak check ignores it.
+var NeffosServerLoop = goleak.IgnoreTopFunction("github.com/kataras/neffos.(*Server).start")
+
+// LeakCheck is the end of a TestMain: when code (m.Run's) is 0 and
+// goroutines other than those opts ignore (and NeffosServerLoop) are still
+// running after grace, it prints them and returns 1; otherwise code.
+// Goroutines that end a moment after Close (go-redis's pool retries a
+// dial once a second) are what grace is for.
+func LeakCheck(code int, grace time.Duration, opts ...goleak.Option) int {
+	if code != 0 {
+		return code
+	}
+	opts = append(opts, NeffosServerLoop)
+	var err error
+	for deadline := time.Now().Add(grace); ; time.Sleep(100 * time.Millisecond) {
+		if err = goleak.Find(opts...); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+		return 1
+	}
+	return 0
 }

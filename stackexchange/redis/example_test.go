@@ -3,8 +3,6 @@ package redis_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/kataras/neffos"
@@ -13,57 +11,36 @@ import (
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
 
-// Two nodes, each with its own Redis exchange, as on two machines: a
-// broadcast made on node A reaches a client of node B. Runs against
-// REDIS_ADDR or the redis-server this package's tests start.
+// The three-line setup, on every node of the app: an exchange on the
+// app's Redis, used by the node's neffos server. Broadcasts, To messages
+// and Server.Ask then cross every node that uses the same Redis and channel
+// prefix (the root package's Example shows a broadcast crossing two nodes).
+// Runs against REDIS_ADDR or the redis-server this package's tests start.
 func Example() {
-	events := neffos.Namespaces{"chat": neffos.Events{}}
-	startNode := func() (*neffos.Server, string, func()) {
-		server := neffos.New(gorilla.DefaultUpgrader, events)
-		exc, err := redis.NewStackExchange(redis.Config{Addr: redisAddr}, "ExampleApp")
-		if err != nil {
-			panic(err)
-		}
-		if err := server.UseStackExchange(exc); err != nil {
-			panic(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			panic(err)
-		}
-		hs := &http.Server{Handler: server}
-		go hs.Serve(ln)
-		return server, "ws://" + ln.Addr().String(), func() { server.Close(); exc.Close(); hs.Close() }
-	}
-	nodeA, _, stopA := startNode()
-	defer stopA()
-	_, urlB, stopB := startNode()
-	defer stopB()
-
-	got := make(chan string, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	client, err := neffos.Dial(ctx, gorilla.DefaultDialer, urlB, neffos.Namespaces{
-		"chat": neffos.Events{"news": func(_ *neffos.NSConn, m neffos.Message) error {
-			got <- string(m.Body)
-			return nil
-		}},
-	})
+	exc, err := redis.NewStackExchange(redis.Config{Addr: redisAddr}, "ExampleApp")
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer client.Close()
-	if _, err := client.Connect(ctx, "chat"); err != nil {
+	defer exc.Close() // neffos v0.0.25's Server.Close does it too; v0.0.24's does not
+
+	server := neffos.New(gorilla.DefaultUpgrader, neffos.Namespaces{"chat": neffos.Events{}})
+	defer server.Close()
+	if err := server.UseStackExchange(exc); err != nil {
 		fmt.Println(err)
 		return
 	}
-	nodeA.Broadcast(nil, neffos.Message{Namespace: "chat", Event: "news", Body: []byte("hello over Redis")})
-	select {
-	case body := <-got:
-		fmt.Println("client on node B got:", body)
-	case <-ctx.Done():
-		fmt.Println("timed out")
-	}
-	// Output: client on node B got: hello over Redis
+
+	// The node subscribed the namespace's channel on Redis in
+	// UseStackExchange: it is ready for a load balancer to send it clients.
+	fmt.Println("ready:", exc.Ready() == nil)
+
+	// Every live node of the app, this one first (from heartbeats on Redis).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	n, _, err := exc.Cluster().Count(ctx, "chat", "")
+	fmt.Println("nodes:", len(exc.Cluster().Nodes()), "connections in chat:", n, err)
+	// Output:
+	// ready: true
+	// nodes: 1 connections in chat: 0 <nil>
 }

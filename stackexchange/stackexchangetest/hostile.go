@@ -40,12 +40,19 @@ func testHostileNamespaces(t *testing.T, f Factory) {
 	for _, name := range names {
 		cl.barrier(name, byNS[name]...)
 	}
+	expectOwn(t, "namespace", names, byNS, "ns")
+}
+
+// expectOwn checks that each group's clients got exactly one evMsg, the
+// one with body prefix+index of the group's name.
+func expectOwn(t *testing.T, what string, names []string, groups map[string][]*client, prefix string) {
+	t.Helper()
 	for i, name := range names {
-		for _, c := range byNS[name] {
+		for _, c := range groups[name] {
 			if n := c.count(func(r received) bool { return r.event == evMsg }); n != 1 {
-				t.Errorf("client of namespace %.20q got %d messages, want only its namespace's one", name, n)
+				t.Errorf("client of %s %.20q got %d messages, want only its %s's one", what, name, n, what)
 			}
-			expectCount(t, "hostile namespace names never cross-talk", c, 1, evMsg, "ns"+strconv.Itoa(i))
+			expectCount(t, "hostile "+what+" names never cross-talk", c, 1, evMsg, prefix+strconv.Itoa(i))
 		}
 	}
 }
@@ -76,14 +83,7 @@ func testHostileRooms(t *testing.T, f Factory) {
 		}
 	}
 	cl.barrier(ns, all...)
-	for i, room := range names {
-		for _, c := range members[room] {
-			if n := c.count(func(r received) bool { return r.event == evMsg }); n != 1 {
-				t.Errorf("member of room %.20q got %d room messages, want only its room's one", room, n)
-			}
-			expectCount(t, "hostile room names never cross-talk", c, 1, evMsg, "room"+strconv.Itoa(i))
-		}
-	}
+	expectOwn(t, "room", names, members, "room")
 }
 
 // testHostileIDs: a message To each hostile connection id reaches that
