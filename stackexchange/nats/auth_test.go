@@ -1,21 +1,11 @@
 package nats_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -53,20 +43,20 @@ func TestAuth(t *testing.T) {
 	t.Run("TLS", func(t *testing.T) {
 		pki := newPKI(t)
 		broker := brokertest.NewNATS(t, brokertest.NATSMonitor(),
-			brokertest.NATSArgs("--tls", "--tlscert", pki.certFile, "--tlskey", pki.keyFile))
+			brokertest.NATSArgs("--tls", "--tlscert", pki.CertFile, "--tlskey", pki.KeyFile))
 		tlsURL := "tls://" + broker.Addr
-		checkDelivery(t, tlsURL, natsgo.Secure(&tls.Config{RootCAs: pki.roots, MinVersion: tls.VersionTLS12}))
-		checkDelivery(t, broker.URL, natsgo.RootCAs(pki.caFile))
+		checkDelivery(t, tlsURL, natsgo.Secure(&tls.Config{RootCAs: pki.CAPool, MinVersion: tls.VersionTLS12}))
+		checkDelivery(t, broker.URL, natsgo.RootCAs(pki.CAFile))
 		// A client that does not trust the test's CA.
 		checkRejected(t, broker, errAs[x509.UnknownAuthorityError](), tlsURL, natsgo.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
 		// A certificate for another name.
-		checkRejected(t, broker, errAs[x509.HostnameError](), tlsURL, natsgo.Secure(&tls.Config{RootCAs: pki.roots, ServerName: "elsewhere.example", MinVersion: tls.VersionTLS12}))
+		checkRejected(t, broker, errAs[x509.HostnameError](), tlsURL, natsgo.Secure(&tls.Config{RootCAs: pki.CAPool, ServerName: "elsewhere.example", MinVersion: tls.VersionTLS12}))
 	})
 	t.Run("TLSUserPassword", func(t *testing.T) {
 		pki := newPKI(t)
 		broker := brokertest.NewNATS(t, brokertest.NATSMonitor(),
-			brokertest.NATSArgs("--tls", "--tlscert", pki.certFile, "--tlskey", pki.keyFile, "--user", "alice", "--pass", "s3cret"))
-		secure := natsgo.Secure(&tls.Config{RootCAs: pki.roots, MinVersion: tls.VersionTLS12})
+			brokertest.NATSArgs("--tls", "--tlscert", pki.CertFile, "--tlskey", pki.KeyFile, "--user", "alice", "--pass", "s3cret"))
+		secure := natsgo.Secure(&tls.Config{RootCAs: pki.CAPool, MinVersion: tls.VersionTLS12})
 		checkDelivery(t, "tls://"+broker.Addr, secure, natsgo.UserInfo("alice", "s3cret"))
 		checkRejected(t, broker, errIs(natsgo.ErrAuthorization), "tls://"+broker.Addr, secure, natsgo.UserInfo("alice", "wrong"))
 	})
@@ -150,80 +140,13 @@ func errAs[T error]() errMatch {
 	return errMatch{fmt.Sprintf("%T", zero), func(err error) bool { var t T; return errors.As(err, &t) }}
 }
 
-// pki is a CA and a server certificate for 127.0.0.1 and localhost, made
+// newPKI makes a CA and a server certificate for 127.0.0.1 and localhost,
 // for one test.
-type pki struct {
-	caFile, certFile, keyFile string
-	roots                     *x509.CertPool
-}
-
-func newPKI(t *testing.T) *pki {
+func newPKI(t *testing.T) *brokertest.TLSFiles {
 	t.Helper()
-	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	f, err := brokertest.NewTLSFiles(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "scaleout test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "nats-server"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pki{
-		caFile:   filepath.Join(dir, "ca.pem"),
-		certFile: filepath.Join(dir, "server.pem"),
-		keyFile:  filepath.Join(dir, "server-key.pem"),
-		roots:    x509.NewCertPool(),
-	}
-	p.roots.AddCert(ca)
-	writePEM(t, p.caFile, "CERTIFICATE", caDER)
-	writePEM(t, p.certFile, "CERTIFICATE", der)
-	writePEM(t, p.keyFile, "EC PRIVATE KEY", keyDER)
-	return p
-}
-
-func writePEM(t *testing.T, file, typ string, der []byte) {
-	t.Helper()
-	var b strings.Builder
-	if err := pem.Encode(&b, &pem.Block{Type: typ, Bytes: der}); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	return f
 }
