@@ -12,21 +12,11 @@ import (
 
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/brokertest"
+	"github.com/neffos-contrib/scaleout/internal/testkit"
 	"github.com/neffos-contrib/scaleout/stackexchange/redis"
 )
 
-// waitFor polls cond until it holds or d passes; it reports whether it
-// held.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
-	}
-	return true
-}
+var waitFor = testkit.Until
 
 func TestReadyLifecycle(t *testing.T) {
 	exc := scaleout.New(scaleout.NewMemoryBroker().Broker(), "", scaleout.Options{})
