@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -300,7 +301,7 @@ func (c *Cluster) Conns(ctx context.Context, namespace, room string) (Presence, 
 // the lists: one request, one short answer per node.
 func (c *Cluster) Count(ctx context.Context, namespace, room string) (n int, missing []string, err error) {
 	e := c.e
-	n = len(e.hub.presence(e.node, namespace, room))
+	n = e.hub.countIn(namespace, room)
 	err = e.request(ctx, envelope{event: opCount, namespace: namespace, room: room}, func(r ctlReply) bool {
 		if v, k := binary.Uvarint(r.body); k > 0 {
 			n += int(v)
@@ -481,7 +482,7 @@ func (e *Exchange) serveControls(done <-chan struct{}) {
 		case opConns:
 			reply.body = encodeConns(e.hub.presence(e.node, env.namespace, env.room))
 		case opCount:
-			reply.body = binary.AppendUvarint(nil, uint64(len(e.hub.presence(e.node, env.namespace, env.room))))
+			reply.body = binary.AppendUvarint(nil, uint64(e.hub.countIn(env.namespace, env.room)))
 		case opDisconnect, opJoin, opLeave:
 			ctx, cancel := context.WithTimeout(context.Background(), e.opts.SubscribeTimeout)
 			found, err := e.operate(ctx, &env)
@@ -572,7 +573,7 @@ func (r remoteError) Error() string { return "node " + r.node + ": " + r.text }
 
 // Is makes a remote "connection not found" match ErrConnNotFound.
 func (r remoteError) Is(target error) bool {
-	return target == ErrConnNotFound && len(r.text) >= len(ErrConnNotFound.Error()) && r.text[:len(ErrConnNotFound.Error())] == ErrConnNotFound.Error()
+	return target == ErrConnNotFound && strings.HasPrefix(r.text, ErrConnNotFound.Error())
 }
 
 // presence lists this node's connections in namespace (all when empty) and
@@ -581,16 +582,7 @@ func (h *hub) presence(node, namespace, room string) []Conn {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	var out []Conn
-	for _, p := range h.peers {
-		if namespace != "" {
-			rooms, in := p.rooms[namespace]
-			if !in {
-				continue
-			}
-			if _, inRoom := rooms[room]; room != "" && !inRoom {
-				continue
-			}
-		}
+	h.matchingLocked(namespace, room, func(p *peer) {
 		c := Conn{ID: p.id, Node: node, Rooms: make(map[string][]string, len(p.rooms))}
 		for ns, rooms := range p.rooms {
 			list := make([]string, 0, len(rooms))
@@ -601,8 +593,34 @@ func (h *hub) presence(node, namespace, room string) []Conn {
 			c.Rooms[ns] = list
 		}
 		out = append(out, c)
-	}
+	})
 	return out
+}
+
+// countIn counts what presence would list, without building the list.
+func (h *hub) countIn(namespace, room string) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	n := 0
+	h.matchingLocked(namespace, room, func(*peer) { n++ })
+	return n
+}
+
+// matchingLocked calls fn for each connection in namespace and room (see
+// presence). h.mu is held, read or write.
+func (h *hub) matchingLocked(namespace, room string, fn func(*peer)) {
+	for _, p := range h.peers {
+		if namespace != "" {
+			rooms, in := p.rooms[namespace]
+			if !in {
+				continue
+			}
+			if _, inRoom := rooms[room]; room != "" && !inRoom {
+				continue
+			}
+		}
+		fn(p)
+	}
 }
 
 // connsOf returns the local connections with id.
@@ -663,7 +681,7 @@ func decodeConns(b []byte, node string) ([]Conn, bool) {
 func (e *Exchange) nodeInfo() []byte {
 	s := e.Stats()
 	b := appendString(nil, e.opts.Addr)
-	b = binary.AppendUvarint(b, uint64(ageMillis(time.Since(e.started))))
+	b = binary.AppendUvarint(b, ageMillis(time.Since(e.started)))
 	nss := e.namespaceList()
 	b = binary.AppendUvarint(b, uint64(len(nss)))
 	for _, ns := range nss {

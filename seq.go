@@ -172,6 +172,11 @@ func (r *receivers) accept(channel string, env *envelope, now time.Time, known b
 	}
 	st.seen = now
 	seq := env.seq
+	if seq == st.high+1 && len(st.gaps) == 0 {
+		// The common case: the next number, nothing missing or held.
+		st.high = seq
+		return []envelope{*env}, nil, true
+	}
 	if seq > st.high {
 		if seq > st.high+1 {
 			st.gaps = append(st.gaps, gap{from: st.high + 1, to: seq - 1, since: now})
