@@ -23,6 +23,7 @@ import (
 
 	"github.com/neffos-contrib/scaleout"
 	"github.com/neffos-contrib/scaleout/internal/brokertest"
+	"github.com/neffos-contrib/scaleout/internal/neffostest"
 	"github.com/neffos-contrib/scaleout/stackexchange/nats"
 	"github.com/neffos-contrib/scaleout/stackexchange/stackexchangetest"
 )
@@ -111,7 +112,7 @@ func startNode(t testing.TB, exc *nats.StackExchange, handler neffos.ConnHandler
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: neffostest.Handler(srv), ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
 	t.Cleanup(func() {
 		srv.Close()
@@ -198,12 +199,18 @@ func dial(t testing.TB, n *node, ns string, r *recorder) *neffos.Client {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := neffos.Dial(ctx, gorilla.DefaultDialer, n.url, handler)
+	dialer := gorilla.DefaultDialer // a native-only client sends no ack
+	var sock *neffostest.Socket
+	if ns != "" {
+		dialer = neffostest.Dialer(false, func(s *neffostest.Socket) { sock = s })
+	}
+	c, err := neffos.Dial(ctx, dialer, n.url, handler)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	t.Cleanup(c.Close)
 	if ns != "" {
+		sock.Settle() // before asking
 		if _, err := c.Connect(ctx, ns); err != nil {
 			t.Fatalf("connect %q: %v", ns, err)
 		}
