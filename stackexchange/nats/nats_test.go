@@ -775,18 +775,12 @@ func (ev *clusterConns) group(channel string) []clusterConn {
 
 // TestConformanceCluster runs the conformance suite on a NATS cluster of
 // three nats-server processes of the test's own, node i attached to
-// server i; the heavy rules too when SCALEOUT_TOPOLOGY_HEAVY is set.
+// server i.
 // A failed run logs the exchanges' NATS connection failures.
 func TestConformanceCluster(t *testing.T) {
 	c := brokertest.NewNATSCluster(t, 3)
 	ev := &clusterConns{}
-	if os.Getenv("SCALEOUT_TOPOLOGY_HEAVY") != "" {
-		stackexchangetest.Run(t, clusterFactory(c, ev))
-	} else {
-		// The two heavy rules exercise the engine's local fan-out; they run
-		// in TestConformance, on one server.
-		stackexchangetest.RunLight(t, clusterFactory(c, ev))
-	}
+	stackexchangetest.Run(t, clusterFactory(c, ev))
 	if t.Failed() {
 		ev.mu.Lock()
 		defer ev.mu.Unlock()

@@ -2,7 +2,6 @@ package redis_test
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -100,18 +99,10 @@ func stopShared() {
 	}
 }
 
-// runTopology runs the conformance suite on a topology. Its two heavy
-// rules (Reliability/SlowClient, Reliability/Churn20000: about 100 s of the
-// ~115 s a run takes under -race) exercise the engine's local fan-out and
-// connection churn, which do not depend on the broker's topology and run
-// in TestConformance on one Redis; here they are skipped, as with -short,
-// unless SCALEOUT_TOPOLOGY_HEAVY is set (RunLight).
+// runTopology runs the whole conformance suite on a topology, the two
+// heavy rules included (they are skipped with -short, as everywhere).
 func runTopology(t *testing.T, f stackexchangetest.Factory) {
-	if os.Getenv("SCALEOUT_TOPOLOGY_HEAVY") != "" {
-		stackexchangetest.Run(t, f)
-		return
-	}
-	stackexchangetest.RunLight(t, f)
+	stackexchangetest.Run(t, f)
 }
 
 // ownShards starts 3 independent redis-servers for this test.
