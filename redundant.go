@@ -30,7 +30,9 @@ import (
 //
 // Cost: one publish per broker per message, run in parallel; a publish
 // returns once every broker answered, or one succeeded and the others had
-// redundantGrace (50 ms) more. A broker that fails or lags is left out
+// redundantGrace (50 ms) more; a broker still busy then finishes that
+// publish in the background, within its deadline. A broker that fails or
+// lags is left out
 // until it answers a probe in time (one a second), so a paused broker
 // costs each publish nothing after the first. Each broker keeps its own
 // connections and subscriptions. The Broker owns brokers: Close closes all
@@ -114,9 +116,13 @@ type pubResult struct {
 // carries every message in order, and a receiver reading both never sees a
 // message overtaken by a later one, but while one falls out of or back
 // into step.
+//
+// A broker still publishing after the grace is not cancelled: its publish
+// runs on until it returns or ctx's deadline passes (results has room for
+// every answer, so it never blocks), because the broker that answered
+// first may only have buffered the message (nats.go does while it
+// reconnects) and the late one may be the one that delivers it.
 func (r *redundant) publish(ctx context.Context, pub func(context.Context, Broker) (int, error)) (int, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // a broker still publishing after the grace gives up
 	results := make(chan pubResult, len(r.brokerSet))
 	now := time.Now()
 	var asked []int
@@ -126,7 +132,9 @@ func (r *redundant) publish(ctx context.Context, pub func(context.Context, Broke
 		}
 		asked = append(asked, i)
 		go func() {
-			n, err := pub(ctx, b)
+			bctx, cancel := outliving(ctx)
+			defer cancel()
+			n, err := pub(bctx, b)
 			results <- pubResult{i, n, err}
 		}()
 	}
@@ -168,6 +176,17 @@ func (r *redundant) publish(ctx context.Context, pub func(context.Context, Broke
 		return 0, errors.Join(errs...)
 	}
 	return count(best, unknown), nil
+}
+
+// outliving returns a context with ctx's values and deadline that is not
+// cancelled when ctx is: a publish handed to a broker finishes even after
+// its caller went on. Without a deadline it lasts DefaultPublishTimeout.
+func outliving(ctx context.Context) (context.Context, context.CancelFunc) {
+	d, ok := ctx.Deadline()
+	if !ok {
+		d = time.Now().Add(DefaultPublishTimeout)
+	}
+	return context.WithDeadline(context.WithoutCancel(ctx), d)
 }
 
 // redundantProbe is how often a broker out of step is tried again.
