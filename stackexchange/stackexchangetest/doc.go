@@ -25,7 +25,9 @@
 // subscription per node (when the exchange has the BrokerConns and
 // NamespaceSubscribers methods of scaleout.Exchange); broadcasts from
 // neffos's leave handlers, slow error handlers, a restarted node; errors
-// that wrap scaleout's sentinels. RunFaults, RunRedundancyFaults and
+// that wrap scaleout's sentinels; an exchange used from several goroutines
+// as it starts; a bounded, counted backlog under a flood to a stalled
+// client. RunFaults, RunRedundancyFaults and
 // RunClusterFaults add the rules that kill or pause broker processes the
 // test owns (one Process interface for every backend). RunBroker checks a
 // scaleout.Broker on its own, for adapter authors.

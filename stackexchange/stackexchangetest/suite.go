@@ -96,6 +96,8 @@ func run(t *testing.T, f Factory, heavy bool) {
 		{"Hostile/ConnectionIDs", testHostileIDs, 0, false},
 		{"Hostile/NeffosPanicPaths", testNeffosPanics, 0, false},
 		{"Reliability/RefusedByOnConnect/Released", testRefusedReleased, 0, false},
+		{"Reliability/Backlog/Bounded", testBoundedBacklog, 0, false},
+		{"Start/Concurrent", testConcurrentStart, 0, false},
 		{"Reliability/SlowClient/OthersUnaffected", testSlowClient, 3 * time.Minute, true},
 		{"Reliability/Churn20000/BackToBaseline", testChurn, 4 * time.Minute, true},
 		{"Close/MidAsk", testCloseMidAsk, 0, false},
