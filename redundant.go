@@ -32,9 +32,8 @@ import (
 // returns once every broker answered, or one succeeded and the others had
 // redundantGrace (50 ms) more; a broker still busy then finishes that
 // publish in the background, within its deadline. A broker that fails or
-// lags is left out
-// until it answers a probe in time (one a second), so a paused broker
-// costs each publish nothing after the first. Each broker keeps its own
+// lags is left out until it answers a probe in time (one a second), so a
+// paused broker costs each publish nothing after the first. Each broker keeps its own
 // connections and subscriptions. The Broker owns brokers: Close closes all
 // of them.
 func Redundant(brokers ...Broker) Broker { return &redundant{brokerSet: brokerSet(brokers)} }
