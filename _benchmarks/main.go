@@ -158,7 +158,7 @@ func main() {
 	flag.DurationVar(&cfg.grace, "grace", 200*time.Millisecond, "wait after the last expected delivery, for late and duplicate ones")
 	flag.StringVar(&exch, "exchanges", strings.Join(defaultExchanges, ","), "comma-separated, run in this order in every repeat: "+strings.Join(allExchanges, ",")+` ("none" is none-sync)`)
 	flag.StringVar(&cfg.out, "out", "results", "output directory")
-	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "directory for one CPU profile per exchange and client count (cpu-<exchange>-<n>-r<repeat>.pprof)")
+	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "directory for one CPU profile per exchange and client count (cpu-<exchange>-<n>-r<repeat>.pprof) and per storm (cpu-storm-<exchange>-r<repeat>.pprof)")
 	flag.StringVar(&cfg.label, "label", "", "free text for the report header (the machine)")
 	replotDir := flag.String("replot", "", "only draw `dir`/plot.png again from dir/results.jsonl (no benchmark runs)")
 	flag.Parse()
@@ -321,14 +321,7 @@ func (r *runner) runOne(ex string, n, rep int) (res *Result) {
 		r.procs = append(r.procs, b)
 	}
 
-	if r.cfg.cpuprofile != "" {
-		f, err := os.Create(filepath.Join(r.cfg.cpuprofile, fmt.Sprintf("cpu-%s-%d-r%d.pprof", ex, n, rep)))
-		if err == nil {
-			if err := pprof.StartCPUProfile(f); err == nil {
-				defer func() { pprof.StopCPUProfile(); f.Close() }()
-			}
-		}
-	}
+	defer r.profile(fmt.Sprintf("cpu-%s-%d-r%d.pprof", ex, n, rep))()
 
 	cl, err := startCluster(ex, r.cfg.k, b)
 	if err != nil {
@@ -456,4 +449,22 @@ func logf(format string, args ...any) {
 func fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 	os.Exit(2)
+}
+
+// profile starts a CPU profile into file in the -cpuprofile directory and
+// returns what stops it; without -cpuprofile (or when the file cannot be
+// made) it does nothing.
+func (r *runner) profile(file string) (stop func()) {
+	if r.cfg.cpuprofile == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(r.cfg.cpuprofile, file))
+	if err != nil {
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }

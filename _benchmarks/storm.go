@@ -71,7 +71,9 @@ func (r *runner) storm(ex string, rep int) (run *StormRun) {
 	run.Nodes = len(cl.nodes)
 	runtime.GC() // the previous storm's garbage is not this one's cost
 
+	stop := r.profile(fmt.Sprintf("cpu-storm-%s-r%d.pprof", ex, rep))
 	s := connectClients(cl, r.cfg.storm, r.cfg.stormDialers, r.cfg.stormTimeout)
+	stop()
 	run.Connected, run.Failed = int(s.Delivered), int(s.Missing)
 	run.Seconds, run.PerSec, run.Note = s.Seconds, s.PerSec, s.Note
 
