@@ -80,24 +80,12 @@ func testXLeft(t *testing.T, f Factory) {
 	}
 
 	leavers := make([]*client, cycles) // by cycle; each slot written by one worker
-	var (
-		failMu   sync.Mutex
-		failures int
-		firstErr error
-	)
-	fail := func(err error) {
-		failMu.Lock()
-		failures++
-		if firstErr == nil {
-			firstErr = err
-		}
-		failMu.Unlock()
-	}
+	var failed failures
 	cycle := func(i int) {
 		name := fmt.Sprintf("leaver%d", i)
 		c, err := cl.dialWith(name, i%Nodes, g, nsXLeft)
 		if err != nil {
-			fail(fmt.Errorf("dial %s: %w", name, err))
+			failed.add(fmt.Errorf("dial %s: %w", name, err))
 			return
 		}
 		defer guard(t, "Close "+name, c.c.Close)
@@ -107,7 +95,7 @@ func testXLeft(t *testing.T, f Factory) {
 		var room *neffos.Room
 		guard(t, "JoinRoom "+name, func() { c.settle(); room, err = nsc.JoinRoom(ctx, "r") })
 		if err != nil {
-			fail(fmt.Errorf("%s: JoinRoom: %w", name, err))
+			failed.add(fmt.Errorf("%s: JoinRoom: %w", name, err))
 			return
 		}
 		leavers[i] = c
@@ -122,7 +110,7 @@ func testXLeft(t *testing.T, f Factory) {
 			guard(t, "NSConn.Disconnect "+name, func() { c.settle(); err = nsc.Disconnect(ctx) })
 		}
 		if err != nil {
-			fail(fmt.Errorf("%s: leave: %w", name, err))
+			failed.add(fmt.Errorf("%s: leave: %w", name, err))
 		}
 	}
 	start := time.Now()
@@ -134,8 +122,8 @@ func testXLeft(t *testing.T, f Factory) {
 	if done < cycles {
 		t.Errorf("%s: only %d of %d cycles ran within %v", rule, done, cycles, bound)
 	}
-	if failures > 0 {
-		t.Errorf("%s: %d of %d cycles failed, first: %v", rule, failures, done, firstErr)
+	if n, first := failed.get(); n > 0 {
+		t.Errorf("%s: %d of %d cycles failed, first: %v", rule, n, done, first)
 	}
 
 	want := map[string]bool{}
@@ -301,30 +289,21 @@ func testSlowErrorHandler(t *testing.T, f Factory) {
 	}()
 
 	stormers := make([]*client, storm)
-	var (
-		failMu   sync.Mutex
-		failures int
-		firstErr error
-	)
+	var failed failures
 	start := time.Now()
 	runParallel(parallel, func(i int) bool { return i < storm }, func(i int) {
 		c, err := cl.dialWith(fmt.Sprintf("storm%d", i), i%Nodes, g, ns)
 		dialed.Add(1)
-		if err != nil {
-			failMu.Lock()
-			failures++
-			if firstErr == nil {
-				firstErr = err
-			}
-			failMu.Unlock()
+		if failed.add(err) {
 			return
 		}
 		stormers[i] = c
 	})
-	t.Logf("%d clients connected in %v", storm-failures, time.Since(start).Round(time.Millisecond))
+	nFailed, firstErr := failed.get()
+	t.Logf("%d clients connected in %v", storm-nFailed, time.Since(start).Round(time.Millisecond))
 	bg.Wait()
-	if failures > 0 {
-		t.Errorf("%s: %d of %d storm clients failed to connect, first: %v", rule, failures, storm, firstErr)
+	if nFailed > 0 {
+		t.Errorf("%s: %d of %d storm clients failed to connect, first: %v", rule, nFailed, storm, firstErr)
 	}
 
 	var all []*client
@@ -393,6 +372,34 @@ func spreadGuarded(t *testing.T, cl *cluster, rule, name string, perNode int, na
 		}
 	}
 	return cs
+}
+
+// failures counts the errors of calls made on several goroutines and
+// keeps the first.
+type failures struct {
+	mu    sync.Mutex
+	n     int
+	first error
+}
+
+// add counts err when it is not nil and reports whether it was.
+func (f *failures) add(err error) bool {
+	if err == nil {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	if f.first == nil {
+		f.first = err
+	}
+	return true
+}
+
+func (f *failures) get() (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n, f.first
 }
 
 // runParallel calls fn(0), fn(1), ... on workers goroutines, as long as

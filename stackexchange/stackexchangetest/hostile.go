@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -268,43 +267,20 @@ func testChurn(t *testing.T, f Factory) {
 	base := stats(cl)
 	goroutines := runtime.NumGoroutine()
 	const cycles, parallel = 20000, 16
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var failures int
-	var firstErr error
-	next := make(chan int)
-	for w := 0; w < parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				c, err := cl.dialWith("churn", i%Nodes, dialOpts{}, ns)
-				if err != nil {
-					mu.Lock()
-					failures++
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					continue
-				}
-				c.c.Close()
-			}
-		}()
-	}
+	var failed failures
 	deadline := time.Now().Add(150 * time.Second)
-	done := 0
-	for i := 0; i < cycles && time.Now().Before(deadline); i++ {
-		next <- i
-		done++
-	}
-	close(next)
-	wg.Wait()
+	done := runParallel(parallel, func(i int) bool { return i < cycles && time.Now().Before(deadline) }, func(i int) {
+		c, err := cl.dialWith("churn", i%Nodes, dialOpts{}, ns)
+		if failed.add(err) {
+			return
+		}
+		c.c.Close()
+	})
 	if done < cycles {
 		t.Errorf("only %d of %d cycles ran within the time bound", done, cycles)
 	}
-	if failures > 0 {
-		t.Errorf("%d of %d connect cycles failed, first: %v", failures, done, firstErr)
+	if n, first := failed.get(); n > 0 {
+		t.Errorf("%d of %d connect cycles failed, first: %v", n, done, first)
 	}
 	if base != nil {
 		waitBaseline(t, cl, base, fmt.Sprintf("%d connect/disconnect cycles", done))

@@ -765,36 +765,23 @@ func testFreshClients(t *testing.T, f Factory) {
 	var (
 		mu     sync.Mutex
 		misses []int
-		wg     sync.WaitGroup
 	)
-	next := make(chan int)
-	for w := 0; w < parallel; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				c, err := cl.tryDial(fmt.Sprintf("fresh%d", i), i%Nodes, ns)
-				if err != nil {
-					t.Errorf("dial fresh client %d: %v", i, err)
-					continue
-				}
-				// The moment Connect returned, another node broadcasts.
-				body := fmt.Sprintf("welcome-%d", i)
-				cl.nodes[(i+1)%Nodes].srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evMsg, Body: []byte(body)})
-				if !c.waitFor(5*time.Second, 1, withBody(evMsg, body)) {
-					mu.Lock()
-					misses = append(misses, i)
-					mu.Unlock()
-				}
-				c.c.Close()
-			}
-		}()
-	}
-	for i := 0; i < fresh; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	runParallel(parallel, func(i int) bool { return i < fresh }, func(i int) {
+		c, err := cl.tryDial(fmt.Sprintf("fresh%d", i), i%Nodes, ns)
+		if err != nil {
+			t.Errorf("dial fresh client %d: %v", i, err)
+			return
+		}
+		// The moment Connect returned, another node broadcasts.
+		body := fmt.Sprintf("welcome-%d", i)
+		cl.nodes[(i+1)%Nodes].srv.Broadcast(nil, neffos.Message{Namespace: ns, Event: evMsg, Body: []byte(body)})
+		if !c.waitFor(5*time.Second, 1, withBody(evMsg, body)) {
+			mu.Lock()
+			misses = append(misses, i)
+			mu.Unlock()
+		}
+		c.c.Close()
+	})
 	if len(misses) > 0 {
 		t.Errorf("%d of %d fresh clients missed a broadcast sent right after their Connect returned (first: %v)", len(misses), fresh, misses[:min(len(misses), 10)])
 	}
