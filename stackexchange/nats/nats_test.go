@@ -188,34 +188,29 @@ func (r *recorder) events() neffos.Events {
 // itself).
 func dial(t testing.TB, n *node, ns string, r *recorder) *neffos.Client {
 	t.Helper()
-	var handler neffos.ConnHandler
-	if ns == "" {
-		handler = neffos.Events{neffos.OnNativeMessage: func(_ *neffos.NSConn, m neffos.Message) error {
-			r.add(m.Body)
-			return nil
-		}}
-	} else {
-		handler = neffos.Namespaces{ns: r.events()}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dialer := gorilla.DefaultDialer // a native-only client sends no ack
-	var sock *neffostest.Socket
-	if ns != "" {
-		dialer = neffostest.Dialer(false, func(s *neffostest.Socket) { sock = s })
+	if ns == "" {
+		// A native-only client sends no handshake: plain gorilla dialer.
+		c, err := neffos.Dial(ctx, gorilla.DefaultDialer, n.url, neffos.Events{neffos.OnNativeMessage: func(_ *neffos.NSConn, m neffos.Message) error {
+			r.add(m.Body)
+			return nil
+		}})
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		t.Cleanup(c.Close)
+		return c
 	}
-	c, err := neffos.Dial(ctx, dialer, n.url, handler)
+	c, err := neffostest.Dial(ctx, n.url, neffos.Namespaces{ns: r.events()})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	t.Cleanup(c.Close)
-	if ns != "" {
-		sock.Settle() // before asking
-		if _, err := c.Connect(ctx, ns); err != nil {
-			t.Fatalf("connect %q: %v", ns, err)
-		}
+	if _, err := c.Connect(ctx, ns); err != nil { // settles first
+		t.Fatalf("connect %q: %v", ns, err)
 	}
-	return c
+	return c.Client
 }
 
 // serverNamespaces declares names on a server; "" is the native namespace.
