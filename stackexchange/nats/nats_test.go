@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"reflect"
 	"strings"
@@ -108,20 +107,13 @@ func startNode(t testing.TB, exc *nats.StackExchange, handler neffos.ConnHandler
 	if err := srv.UseStackExchange(exc); err != nil {
 		t.Fatalf("UseStackExchange: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: neffostest.Handler(srv), ReadHeaderTimeout: 10 * time.Second}
-	go hs.Serve(ln)
-	t.Cleanup(func() {
+	t.Cleanup(func() { // after Serve's cleanup stopped the HTTP server
 		srv.Close()
 		if err := exc.Close(); err != nil {
 			t.Errorf("exchange Close: %v", err)
 		}
-		_ = hs.Close()
 	})
-	return &node{srv: srv, exc: exc, url: "ws://" + ln.Addr().String()}
+	return &node{srv: srv, exc: exc, url: neffostest.Serve(t, srv)}
 }
 
 // recorder keeps the bodies a client received.
